@@ -1,0 +1,94 @@
+"""waypost: service discovery for distributed runtimes, Dynamo-compatible.
+
+    import waypost
+
+    with waypost.connect("file:///tmp/discovery") as rt:
+        ep = rt.namespace("dynamo").component("backend").endpoint("generate")
+        ep.register(transport=waypost.TransportType.tcp("10.0.0.5:9000"))
+        print(ep.list_instances())
+
+Everything public is importable from this module; ``waypost.aio`` is the
+asyncio facade and ``waypost.core`` the backend SPI.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .core._client import Client
+from .core._errors import (
+    AlreadyRegistered,
+    AuthenticationError,
+    BackendNotInstalled,
+    BackendUnavailable,
+    Closed,
+    CodecError,
+    ConfigError,
+    InvalidName,
+    LeaseLost,
+    NoInstances,
+    NotFound,
+    WaypostError,
+)
+from .core._events import Added, Event, Interrupted, Removed, Resynced
+from .core._instance import DeviceType, Instance, RequestPlaneCodec, TransportType
+from .core._names import EndpointId
+from .core._plugins import register_plugin
+from .core._query import Query
+from .core._runtime import Component, Endpoint, Namespace, Registration, Runtime, connect
+from .core._spi import Capability
+from .core._watch import Watch
+from .core.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from .contrib import aio
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Added",
+    "AlreadyRegistered",
+    "AuthenticationError",
+    "BackendNotInstalled",
+    "BackendUnavailable",
+    "Capability",
+    "Client",
+    "Closed",
+    "CodecError",
+    "Component",
+    "ConfigError",
+    "DeviceType",
+    "Endpoint",
+    "EndpointId",
+    "Event",
+    "Instance",
+    "Interrupted",
+    "InvalidName",
+    "LeaseLost",
+    "Namespace",
+    "NoInstances",
+    "NotFound",
+    "Query",
+    "Registration",
+    "Removed",
+    "RequestPlaneCodec",
+    "Resynced",
+    "Runtime",
+    "TransportType",
+    "Watch",
+    "WaypostError",
+    "__version__",
+    "aio",
+    "connect",
+    "hookimpl",
+    "register_plugin",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The asyncio facade is imported on first use so `import waypost` stays light.
+    if name == "aio":
+        from .contrib import aio
+
+        return aio
+    raise AttributeError(f"module 'waypost' has no attribute {name!r}")

@@ -1,0 +1,252 @@
+"""In-process backend: ``memory://[name]``.
+
+URL grammar
+    ``memory://`` or ``memory://NAME``. Every Runtime in this process that
+    uses the same NAME (default ``default``) shares one store; other processes
+    never see it.
+
+Options
+    none besides the Runtime's (``ttl``, ``on_lease_lost``, ``instance_id``).
+
+Semantics
+    A real store, not a mock: leases expire on time (a reaper thread removes
+    an expired lease's keys and notifies watchers within milliseconds of the
+    deadline), registration is create-only, and watches are gap-free and
+    ordered. ``instance_id`` may be chosen; otherwise a random non-zero u64.
+
+Caveats
+    Lives as long as the process. Watch delivery uses one thread per watch.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from waypost.core import (
+    AlreadyRegistered,
+    Backend,
+    Capability,
+    Closed,
+    Lease,
+    LeaseLost,
+    ParsedURL,
+    WatchHandle,
+    WatchSink,
+    hookimpl,
+    random_instance_id,
+)
+
+__all__ = ["MemoryBackend", "reset_stores"]
+
+_Change = tuple[str, str, bytes]  # ("put" | "delete", key, value)
+
+
+@dataclass
+class _Watcher:
+    prefix: str
+    changes: queue.SimpleQueue[_Change | None] = field(default_factory=queue.SimpleQueue)
+
+
+class _Store:
+    """One named in-process store: keys, leases with deadlines, watchers."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Condition()
+        self.data: dict[str, tuple[bytes, int]] = {}  # key -> (value, lease id)
+        self.leases: dict[int, tuple[float, float]] = {}  # id -> (deadline, ttl)
+        self.watchers: list[_Watcher] = []
+        self._reaper = threading.Thread(target=self._reap_forever, name="waypost-memory-reaper", daemon=True)
+        self._reaper.start()
+
+    # called with self.lock held ------------------------------------------------
+    def publish(self, kind: str, key: str, value: bytes = b"") -> None:
+        for watcher in self.watchers:
+            if key.startswith(watcher.prefix):
+                watcher.changes.put((kind, key, value))
+
+    def drop_lease(self, lease_id: int) -> None:
+        self.leases.pop(lease_id, None)
+        for key in [k for k, (_, owner) in self.data.items() if owner == lease_id]:
+            del self.data[key]
+            self.publish("delete", key)
+
+    def reap(self) -> None:
+        now = time.monotonic()
+        for lease_id in [i for i, (deadline, _) in self.leases.items() if deadline <= now]:
+            self.drop_lease(lease_id)
+
+    def require_lease(self, lease: Lease) -> None:
+        self.reap()
+        if lease.id not in self.leases:
+            raise LeaseLost(f"memory lease {lease.id:x} has expired or was revoked")
+
+    def _reap_forever(self) -> None:
+        with self.lock:
+            while True:
+                self.reap()
+                next_deadline = min((d for d, _ in self.leases.values()), default=None)
+                timeout = None if next_deadline is None else max(next_deadline - time.monotonic(), 0.0)
+                self.lock.wait(timeout)
+
+
+_stores: dict[str, _Store] = {}
+_stores_lock = threading.Lock()
+
+
+def _store(name: str) -> _Store:
+    with _stores_lock:
+        store = _stores.get(name)
+        if store is None:
+            store = _stores[name] = _Store()
+        return store
+
+
+def reset_stores() -> None:
+    """Forget every store's data (tests)."""
+    with _stores_lock:
+        for store in _stores.values():
+            with store.lock:
+                for key in list(store.data):
+                    store.publish("delete", key)
+                store.data.clear()
+                store.leases.clear()
+
+
+class _MemoryWatch:
+    def __init__(self, store: _Store, watcher: _Watcher, sink: WatchSink) -> None:
+        self._store = store
+        self._watcher = watcher
+        self._sink = sink
+        self._thread = threading.Thread(target=self._run, name="waypost-memory-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (change := self._watcher.changes.get()) is not None:
+            kind, key, value = change
+            if kind == "put":
+                self._sink.put(key, value)
+            else:
+                self._sink.delete(key)
+
+    def close(self) -> None:
+        with self._store.lock:
+            if self._watcher in self._store.watchers:
+                self._store.watchers.remove(self._watcher)
+        self._watcher.changes.put(None)
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+class MemoryBackend(Backend):
+    __doc__ = __doc__
+    schemes: ClassVar[tuple[str, ...]] = ("memory",)
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.SERVER_EXPIRY, Capability.CHOSEN_INSTANCE_ID}
+    )
+    min_ttl: ClassVar[float] = 0.1
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._store = _store(name)
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: ParsedURL, options: Mapping[str, Any]) -> MemoryBackend:
+        name = ",".join(host for host, _ in url.hosts) + url.path.strip("/")
+        return cls(name or "default")
+
+    def describe(self) -> str:
+        return f"memory://{self.name}"
+
+    def _check(self) -> None:
+        if self._closed:
+            raise Closed(f"{self.describe()} backend is closed")
+
+    def grant_lease(self, ttl: float, preferred_id: int | None = None) -> Lease:
+        self._check()
+        store = self._store
+        with store.lock:
+            store.reap()
+            lease_id = preferred_id or random_instance_id()
+            while lease_id in store.leases:
+                if preferred_id is not None:
+                    raise AlreadyRegistered(f"instance id {lease_id:x} is held by a live Runtime")
+                lease_id = random_instance_id()
+            store.leases[lease_id] = (time.monotonic() + ttl, ttl)
+            store.lock.notify_all()
+            return Lease(lease_id, ttl)
+
+    def keep_alive(self, lease: Lease) -> None:
+        self._check()
+        store = self._store
+        with store.lock:
+            store.require_lease(lease)
+            store.leases[lease.id] = (time.monotonic() + lease.ttl, lease.ttl)
+
+    def revoke_lease(self, lease_id: int) -> None:
+        self._check()
+        with self._store.lock:
+            self._store.drop_lease(lease_id)
+
+    def create(self, lease: Lease, key: str, value: bytes) -> None:
+        self._check()
+        store = self._store
+        with store.lock:
+            store.require_lease(lease)
+            if key in store.data:
+                raise AlreadyRegistered(f"{key} is already registered")
+            store.data[key] = (value, lease.id)
+            store.publish("put", key, value)
+
+    def replace(self, lease: Lease, key: str, value: bytes) -> None:
+        self._check()
+        store = self._store
+        with store.lock:
+            store.require_lease(lease)
+            store.data[key] = (value, lease.id)
+            store.publish("put", key, value)
+
+    def delete(self, lease: Lease, key: str) -> None:
+        self._check()
+        store = self._store
+        with store.lock:
+            if key in store.data:
+                del store.data[key]
+                store.publish("delete", key)
+
+    def list(self, prefix: str) -> list[tuple[str, bytes]]:
+        self._check()
+        store = self._store
+        with store.lock:
+            store.reap()
+            return sorted((k, v) for k, (v, _) in store.data.items() if k.startswith(prefix))
+
+    def watch(self, prefix: str, sink: WatchSink) -> WatchHandle:
+        self._check()
+        store = self._store
+        watcher = _Watcher(prefix)
+        with store.lock:
+            store.reap()
+            snapshot = sorted((k, v) for k, (v, _) in store.data.items() if k.startswith(prefix))
+            store.watchers.append(watcher)
+        # Changes after the snapshot queue up in the watcher until its thread runs: no gap.
+        sink.reset(snapshot, None)
+        return _MemoryWatch(store, watcher, sink)
+
+    def close(self) -> None:
+        self._closed = True
+
+
+@hookimpl
+def waypost_backend_class(scheme: str) -> type[Backend] | None:
+    return MemoryBackend if scheme in MemoryBackend.schemes else None
+
+
+@hookimpl
+def waypost_backend(url: ParsedURL, options: Mapping[str, Any]) -> Backend | None:
+    return MemoryBackend.from_url(url, options) if url.scheme in MemoryBackend.schemes else None

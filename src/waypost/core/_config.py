@@ -1,0 +1,209 @@
+"""URLs, options and the environment: how ``connect()`` decides what to build.
+
+Precedence for every option: keyword argument > URL query > environment >
+default. The URL itself comes from the ``url`` argument, else ``WAYPOST_URL``,
+else Dynamo's variables (``DYN_DISCOVERY_BACKEND`` = ``etcd`` | ``file`` |
+``mem`` with ``ETCD_ENDPOINTS`` / ``DYN_FILE_KV``), else the embedded default
+``file://`` in the default directory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from ._errors import ConfigError
+from ._spi import Option, ParsedURL
+
+__all__ = [
+    "parse_bool",
+    "parse_choice",
+    "parse_float",
+    "parse_int",
+    "parse_str",
+    "parse_url",
+    "resolve_options",
+    "resolve_url",
+]
+
+DEFAULT_URL = "file://"
+
+
+def parse_url(url: str) -> ParsedURL:
+    """Split ``scheme://[user[:password]@]host[:port][,host[:port]…][/path][?query]``."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(
+            f"invalid discovery URL {_redact_raw(url)!r}: expected scheme://…, e.g. "
+            "file:///path, memory://name, etcd://host:port, redis://host:port/0, consul://host:port"
+        )
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
+    rest, _, query_text = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    path = slash + path
+    username = password = None
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user_part, colon, password_part = userinfo.partition(":")
+        username = unquote(user_part) or None
+        password = unquote(password_part) if colon else None
+    hosts = tuple(_parse_host(h, url, scheme) for h in netloc.split(",") if h)
+    try:
+        query = dict(parse_qsl(query_text, keep_blank_values=True, strict_parsing=bool(query_text)))
+    except ValueError:
+        raise ConfigError(f"invalid query string in discovery URL {scheme}://…: expected key=value&…") from None
+    return ParsedURL(scheme, hosts, path, username, password, query, netloc)
+
+
+def _parse_host(text: str, url: str, scheme: str) -> tuple[str, int | None]:
+    if text.startswith("["):  # [ipv6]:port
+        host, _, port_text = text[1:].partition("]")
+        port_text = port_text.removeprefix(":")
+    else:
+        host, _, port_text = text.partition(":")
+    if not port_text:
+        return host, None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"invalid port {port_text!r} in {scheme}:// URL: expected 1..65535")
+    return host, int(port_text)
+
+
+def _redact_raw(url: object) -> object:
+    if isinstance(url, str) and "@" in url and "://" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return url
+
+
+def resolve_url(url: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """Pick the discovery URL: argument, ``WAYPOST_URL``, Dynamo's variables, default."""
+    env = os.environ if environ is None else environ
+    if url:
+        return url
+    if env.get("WAYPOST_URL"):
+        return env["WAYPOST_URL"]
+    backend = env.get("DYN_DISCOVERY_BACKEND", "").strip().lower()
+    if backend == "etcd":
+        return _etcd_url_from_env(env.get("ETCD_ENDPOINTS", "http://127.0.0.1:2379"))
+    if backend == "file":
+        path = env.get("DYN_FILE_KV")
+        return f"file://{path}" if path else DEFAULT_URL
+    if backend in ("mem", "memory"):
+        return "memory://"
+    if backend:
+        raise ConfigError(f"DYN_DISCOVERY_BACKEND={backend!r} is not supported: expected etcd, file or mem")
+    path = env.get("DYN_FILE_KV")
+    return f"file://{path}" if path else DEFAULT_URL
+
+
+def _etcd_url_from_env(endpoints: str) -> str:
+    """``ETCD_ENDPOINTS`` is Dynamo's comma-separated list of ``http(s)://host:port``."""
+    tls = False
+    hosts = []
+    for raw in endpoints.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        if item.startswith("https://"):
+            tls = True
+        hosts.append(item.split("://", 1)[-1].rstrip("/"))
+    return ("etcds://" if tls else "etcd://") + ",".join(hosts)
+
+
+def resolve_options(
+    declared: Iterable[Option],
+    kwargs: Mapping[str, Any],
+    query: Mapping[str, str],
+    environ: Mapping[str, str] | None = None,
+    env_names: Mapping[str, str] | None = None,
+    where: str = "backend",
+) -> dict[str, Any]:
+    """Merge and parse options; unknown names are a :class:`ConfigError`."""
+    env = os.environ if environ is None else environ
+    by_name = {opt.name: opt for opt in declared}
+    for source, names in (("keyword argument", kwargs), ("URL query parameter", query)):
+        unknown = sorted(set(names) - set(by_name))
+        if unknown:
+            raise ConfigError(
+                f"unknown {source} {', '.join(map(repr, unknown))} for {where}: "
+                f"allowed are {', '.join(sorted(by_name)) or 'none'}"
+            )
+    result: dict[str, Any] = {}
+    for name, opt in by_name.items():
+        env_name = (env_names or {}).get(name) or opt.env
+        if name in kwargs:
+            raw, origin = kwargs[name], f"keyword argument {name}"
+        elif name in query:
+            raw, origin = query[name], f"URL query parameter {name}"
+        elif env_name and env.get(env_name) not in (None, ""):
+            raw, origin = env[env_name], f"environment variable {env_name}"
+        else:
+            result[name] = opt.default
+            continue
+        try:
+            result[name] = opt.parse(raw)
+        except (TypeError, ValueError) as exc:
+            shown = "" if opt.secret else f"={raw!r}"
+            raise ConfigError(f"invalid {origin}{shown}: {exc}") from None
+    return result
+
+
+# Parsers for Option.parse ---------------------------------------------------
+
+def parse_float(minimum: float | None = None, maximum: float | None = None) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError("expected a number") from None
+        if math.isnan(number) or (minimum is not None and number < minimum) or (
+            maximum is not None and number > maximum
+        ):
+            raise ValueError(f"expected a number from {minimum} to {maximum}")
+        return number
+
+    return parse
+
+
+def parse_int(minimum: int | None = None, maximum: int | None = None) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("expected an integer")
+        try:
+            number = int(value, 0) if isinstance(value, str) else int(value)
+        except (TypeError, ValueError):
+            raise ValueError("expected an integer") from None
+        if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+            raise ValueError(f"expected an integer from {minimum} to {maximum}")
+        return number
+
+    return parse
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false (or 1/0, yes/no, on/off)")
+
+
+def parse_choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return str(value)
+
+    return parse
+
+
+def parse_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return value

@@ -1,0 +1,460 @@
+"""Runtime and its handles: Namespace → Component → Endpoint → Registration.
+
+A Runtime holds one lease, kept alive by one background thread however many
+endpoints it serves. Its registrations are re-created if the lease is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ._client import Client
+from ._config import parse_choice, parse_float, parse_int, parse_url, resolve_options, resolve_url
+from ._errors import AlreadyRegistered, Closed, ConfigError, LeaseLost, WaypostError
+from ._instance import DeviceType, Instance, RequestPlaneCodec, TransportType
+from ._names import EndpointId, service_name, validate_namespace, validate_segment
+from ._plugins import backend_class, notify, plugin_manager
+from ._query import Query
+from ._spi import Backend, Capability, Lease, Option, ParsedURL, WatchHandle
+from ._watch import InstanceView, Watch, decode_items
+
+__all__ = ["Component", "Endpoint", "Namespace", "Registration", "Runtime", "connect"]
+
+_log = logging.getLogger("waypost")
+
+RUNTIME_OPTIONS = (
+    Option("ttl", parse_float(0.1, 86400.0), 10.0, "lease time-to-live in seconds", env="WAYPOST_TTL"),
+    Option("on_lease_lost", parse_choice("reregister", "shutdown"), "reregister",
+           "what to do when the lease is lost: re-register everything, or shut the Runtime down"),
+    Option("instance_id", parse_int(1, 2**64 - 1), None,
+           "ask for this instance id (backends with the chosen-instance-id capability)"),
+)
+
+
+def connect(url: str | None = None, **options: Any) -> Runtime:
+    """Connect to a discovery store and return a :class:`Runtime` holding a fresh lease.
+
+    ``url`` defaults to ``WAYPOST_URL``, then Dynamo's ``DYN_DISCOVERY_BACKEND``
+    variables, then the embedded ``file://`` store. Options (keyword > URL
+    query > environment > default): ``ttl`` (seconds, default 10),
+    ``on_lease_lost`` (``"reregister"`` or ``"shutdown"``), ``instance_id``, and
+    whatever the backend declares (see ``waypost backends``). Unknown options
+    are a :class:`ConfigError`.
+    """
+    parsed = parse_url(resolve_url(url))
+    cls = backend_class(parsed.scheme)
+    runtime_names = {o.name for o in RUNTIME_OPTIONS}
+    declared = (*RUNTIME_OPTIONS, *cls.options)
+    merged = resolve_options(declared, options, parsed.query, env_names=cls.runtime_option_env,
+                             where=f"{parsed.scheme}://")
+    backend_options = {k: v for k, v in merged.items() if k not in runtime_names}
+    if merged["ttl"] < cls.min_ttl:
+        raise ConfigError(f"ttl={merged['ttl']} is below the {parsed.scheme}:// minimum of {cls.min_ttl} s")
+    if merged["instance_id"] is not None and Capability.CHOSEN_INSTANCE_ID not in cls.capabilities:
+        raise ConfigError(f"the {parsed.scheme}:// backend picks instance ids itself; drop instance_id")
+    backend: Backend | None = plugin_manager().hook.waypost_backend(url=parsed, options=backend_options)
+    if backend is None:
+        raise ConfigError(f"no plugin built a backend for {parsed.redacted}")
+    try:
+        return Runtime(backend, parsed, ttl=merged["ttl"], on_lease_lost=merged["on_lease_lost"],
+                       instance_id=merged["instance_id"])
+    except BaseException:
+        backend.close()
+        raise
+
+
+class Registration:
+    """One endpoint served by a Runtime. ``unregister()`` (or leaving ``with``) removes it."""
+
+    def __init__(self, runtime: Runtime, endpoint_id: EndpointId, fields: Mapping[str, Any]) -> None:
+        self.runtime = runtime
+        self.endpoint_id = endpoint_id
+        self.fields = dict(fields)
+
+    @property
+    def instance(self) -> Instance:
+        """The registered instance, under the Runtime's current instance id."""
+        return self.runtime._instance_for(self)
+
+    @property
+    def active(self) -> bool:
+        return self.runtime._registrations.get(self.endpoint_id) is self
+
+    def unregister(self) -> None:
+        self.runtime._unregister(self)
+
+    def __enter__(self) -> Registration:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.active:
+            self.unregister()
+
+    def __repr__(self) -> str:
+        return f"<Registration {self.endpoint_id} {'active' if self.active else 'removed'}>"
+
+
+class Runtime:
+    """A process's connection to discovery: one lease, its registrations, watches and clients."""
+
+    def __init__(self, backend: Backend, url: ParsedURL, *, ttl: float = 10.0,
+                 on_lease_lost: str = "reregister", instance_id: int | None = None) -> None:
+        self.backend = backend
+        self.url = url
+        self.ttl = ttl
+        self.on_lease_lost = on_lease_lost
+        self._lock = threading.RLock()  # guards registrations and the lease
+        self._registrations: dict[EndpointId, Registration] = {}
+        self._namespaces: dict[str, Namespace] = {}
+        self._watches: set[Watch | Client] = set()
+        self._closed = False
+        self._stop = threading.Event()
+        self._keepalive_paused_until = 0.0
+        self.lease: Lease = backend.grant_lease(ttl, preferred_id=instance_id)
+        self._keepalive = threading.Thread(target=self._keepalive_loop, name="waypost-keepalive", daemon=True)
+        self._keepalive.start()
+
+    # identity ---------------------------------------------------------------
+    @property
+    def instance_id(self) -> int:
+        return self.lease.id
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        return f"<Runtime {self.url.redacted} instance_id={self.instance_id:x}{' closed' if self._closed else ''}>"
+
+    # handles ----------------------------------------------------------------
+    def namespace(self, name: str) -> Namespace:
+        validate_namespace(name)
+        with self._lock:
+            ns = self._namespaces.get(name)
+            if ns is None:
+                ns = self._namespaces[name] = Namespace(self, name)
+            return ns
+
+    def endpoint(self, endpoint_id: EndpointId | str) -> Endpoint:
+        eid = endpoint_id if isinstance(endpoint_id, EndpointId) else EndpointId.parse(endpoint_id)
+        return self.namespace(eid.namespace).component(eid.component).endpoint(eid.name)
+
+    # registration -------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Closed(f"{self!r} is closed")
+
+    def register(
+        self,
+        endpoint_id: EndpointId,
+        transport: TransportType,
+        device_type: DeviceType | str | None = None,
+        request_plane_codec: RequestPlaneCodec | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Registration:
+        """Register (create-only) or, if this Runtime already serves it, update ``endpoint_id``."""
+        fields = {"transport": transport, "device_type": device_type,
+                  "request_plane_codec": request_plane_codec, "metadata": metadata}
+        with self._lock:
+            self._check_open()
+            existing = self._registrations.get(endpoint_id)
+            registration = existing or Registration(self, endpoint_id, fields)
+            registration.fields = fields
+            instance = self._instance_for(registration)  # validates before any store write
+            if existing is None:
+                self.backend.create(self.lease, instance.key, instance.to_json())
+                self._registrations[endpoint_id] = registration
+            else:
+                self.backend.replace(self.lease, instance.key, instance.to_json())
+        _log.debug("registered %s", instance)
+        notify("waypost_on_registered", runtime=self, instance=instance)
+        return registration
+
+    def _instance_for(self, registration: Registration) -> Instance:
+        eid = registration.endpoint_id
+        return Instance(eid.namespace, eid.component, eid.name, self.lease.id, **registration.fields)
+
+    def _unregister(self, registration: Registration) -> None:
+        with self._lock:
+            if self._registrations.get(registration.endpoint_id) is not registration:
+                return
+            instance = self._instance_for(registration)
+            if not self._closed:
+                # Delete first: if the store fails, the registration stays ours to retry,
+                # never an untracked key kept alive by our keepalive (a phantom).
+                self.backend.delete(self.lease, instance.key)
+            del self._registrations[registration.endpoint_id]
+        notify("waypost_on_unregistered", runtime=self, instance=instance)
+
+    def registrations(self) -> list[Registration]:
+        with self._lock:
+            return list(self._registrations.values())
+
+    # reading ------------------------------------------------------------------
+    def list_instances(self, query: Query | None = None) -> list[Instance]:
+        """Every instance matching ``query`` (default: all), sorted; one store read."""
+        query = query or Query.all()
+        self._check_open()
+        return sorted(decode_items(self.backend.list(query.prefix), query).values())
+
+    def _start_watch(self, query: Query) -> Any:
+        def start(view: InstanceView) -> WatchHandle:
+            return self.backend.watch(query.prefix, view)
+
+        return start
+
+    def watch(self, query: Query | None = None) -> Watch:
+        """Watch ``query``: the current instances as ``Added``, then changes."""
+        query = query or Query.all()
+        self._check_open()
+        watch = Watch(query, self._start_watch(query), on_close=self._forget)
+        with self._lock:
+            self._watches.add(watch)
+        return watch
+
+    def client(self, endpoint_id: EndpointId, down_period: float = 5.0) -> Client:
+        self._check_open()
+        client = Client(endpoint_id, self._start_watch(Query.from_endpoint_id(endpoint_id)),
+                        down_period=down_period, on_close=self._forget)
+        with self._lock:
+            self._watches.add(client)
+        return client
+
+    def _forget(self, watch: Watch | Client) -> None:
+        with self._lock:
+            self._watches.discard(watch)
+
+    # lease ----------------------------------------------------------------------
+    @property
+    def keepalive_interval(self) -> float:
+        return self.ttl / 3
+
+    def _keepalive_loop(self) -> None:
+        last_ok = time.monotonic()
+        while not self._stop.wait(self._next_keepalive_delay(last_ok)):
+            if time.monotonic() < self._keepalive_paused_until:
+                continue
+            try:
+                self.backend.keep_alive(self.lease)
+                last_ok = time.monotonic()
+            except LeaseLost as exc:
+                self._handle_lease_loss(str(exc))
+                last_ok = time.monotonic()
+            except WaypostError as exc:
+                _log.warning("keepalive of lease %x failed (%s); retrying", self.lease.id, exc)
+            except Exception:  # never let the keepalive thread die silently
+                _log.exception("keepalive of lease %x raised; retrying", self.lease.id)
+
+    def _next_keepalive_delay(self, last_ok: float) -> float:
+        overdue = time.monotonic() - last_ok >= self.keepalive_interval
+        # After a failure, retry faster so an outage is noticed within one period.
+        delay = self.keepalive_interval / (4 if overdue else 1)
+        paused = self._keepalive_paused_until - time.monotonic()
+        return max(delay, paused, 0.01)
+
+    def _handle_lease_loss(self, reason: str) -> None:
+        old_id = self.lease.id
+        if self.on_lease_lost == "shutdown":
+            _log.error("lease %x lost (%s); shutting the Runtime down (on_lease_lost=shutdown)", old_id, reason)
+            with self._lock:
+                self._registrations.clear()
+            notify("waypost_on_lease_lost", runtime=self, old_instance_id=old_id, new_instance_id=None,
+                   reason=reason)
+            threading.Thread(target=self.close, name="waypost-shutdown", daemon=True).start()
+            self._stop.set()
+            return
+        while not self._stop.is_set():
+            try:
+                with self._lock:
+                    if self._closed:
+                        return
+                    self.lease = self.backend.grant_lease(self.ttl, preferred_id=old_id)
+                    for registration in self._registrations.values():
+                        self._recreate(registration)
+                    count = len(self._registrations)
+                break
+            except WaypostError as exc:
+                _log.warning("re-registration after lease loss failed (%s); retrying", exc)
+                self._stop.wait(self.keepalive_interval / 4)
+        else:
+            return
+        _log.warning("lease %x lost (%s); re-registered %d endpoint(s) under lease %x",
+                     old_id, reason, count, self.lease.id)
+        notify("waypost_on_lease_lost", runtime=self, old_instance_id=old_id,
+               new_instance_id=self.lease.id, reason=reason)
+
+    def _recreate(self, registration: Registration) -> None:
+        instance = self._instance_for(registration)
+        try:
+            self.backend.create(self.lease, instance.key, instance.to_json())
+        except AlreadyRegistered:
+            # The key is named by the lease we were just granted: a stale copy of ours.
+            self.backend.replace(self.lease, instance.key, instance.to_json())
+
+    # lifecycle --------------------------------------------------------------------
+    def close(self) -> None:
+        """Remove every registration and revoke the lease now; close watches and clients."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            registrations = list(self._registrations.values())
+            watches = list(self._watches)
+        self._stop.set()
+        if self._keepalive is not threading.current_thread():
+            self._keepalive.join()
+        for watch in watches:
+            watch.close()
+        try:
+            self.backend.revoke_lease(self.lease.id)
+        except WaypostError as exc:
+            _log.warning("could not revoke lease %x on close (%s); it expires within %s s",
+                         self.lease.id, exc, self.ttl)
+        finally:
+            with self._lock:
+                self._registrations.clear()
+            self.backend.close()
+        for registration in registrations:
+            notify("waypost_on_unregistered", runtime=self, instance=self._instance_for(registration))
+
+    def _abandon(self) -> None:
+        """Test helper: behave like a crashed process (no unregister, no revoke)."""
+        with self._lock:
+            self._closed = True
+            watches = list(self._watches)
+        self._stop.set()
+        self._keepalive.join()
+        for watch in watches:
+            watch.close()
+        self.backend.close()
+
+    def _pause_keepalive(self, seconds: float) -> None:
+        """Test helper: skip keepalives for ``seconds`` (like a process paused past its ttl)."""
+        self._keepalive_paused_until = time.monotonic() + seconds
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Namespace:
+    """A group of components. ``component(name)`` returns the same object for the same name."""
+
+    def __init__(self, runtime: Runtime, name: str) -> None:
+        self.runtime = runtime
+        self.name = validate_namespace(name)
+        self._components: dict[str, Component] = {}
+        self._lock = threading.Lock()
+
+    def namespace(self, child: str) -> Namespace:
+        """The child namespace ``{self.name}.{child}``."""
+        validate_segment("namespace", child)
+        return self.runtime.namespace(f"{self.name}.{child}")
+
+    def component(self, name: str) -> Component:
+        validate_segment("component", name)
+        with self._lock:
+            component = self._components.get(name)
+            if component is None:
+                component = self._components[name] = Component(self, name)
+            return component
+
+    @property
+    def query(self) -> Query:
+        return Query.namespace(self.name)
+
+    def list_instances(self) -> list[Instance]:
+        return self.runtime.list_instances(self.query)
+
+    def watch(self) -> Watch:
+        return self.runtime.watch(self.query)
+
+    def __repr__(self) -> str:
+        return f"<Namespace {self.name}>"
+
+
+class Component:
+    """A named service in a namespace that hosts endpoints."""
+
+    def __init__(self, namespace: Namespace, name: str) -> None:
+        self.namespace = namespace
+        self.name = name
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.namespace.runtime
+
+    def service_name(self) -> str:
+        return service_name(self.namespace.name, self.name)
+
+    def endpoint(self, name: str) -> Endpoint:
+        return Endpoint(self, name)
+
+    @property
+    def query(self) -> Query:
+        return Query.component(self.namespace.name, self.name)
+
+    def list_instances(self) -> list[Instance]:
+        return self.runtime.list_instances(self.query)
+
+    def watch(self) -> Watch:
+        return self.runtime.watch(self.query)
+
+    def __repr__(self) -> str:
+        return f"<Component {self.namespace.name}/{self.name}>"
+
+
+class Endpoint:
+    """A named entry point of a component; ``register()`` serves it, ``client()`` finds it."""
+
+    def __init__(self, component: Component, name: str) -> None:
+        self.component = component
+        self.id = EndpointId(component.namespace.name, component.name, name)
+
+    @property
+    def name(self) -> str:
+        return self.id.name
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.component.runtime
+
+    def register(
+        self,
+        transport: TransportType,
+        device_type: DeviceType | str | None = None,
+        request_plane_codec: RequestPlaneCodec | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Registration:
+        return self.runtime.register(self.id, transport, device_type, request_plane_codec, metadata)
+
+    def client(self, down_period: float = 5.0) -> Client:
+        return self.runtime.client(self.id, down_period=down_period)
+
+    @property
+    def query(self) -> Query:
+        return Query.from_endpoint_id(self.id)
+
+    def list_instances(self) -> list[Instance]:
+        return self.runtime.list_instances(self.query)
+
+    def watch(self) -> Watch:
+        return self.runtime.watch(self.query)
+
+    def __repr__(self) -> str:
+        return f"<Endpoint {self.id}>"
+
+
+def random_instance_id() -> int:
+    """A random non-zero u64, for backends whose store does not assign lease ids."""
+    while True:
+        value = secrets.randbits(64)
+        if value:
+            return value

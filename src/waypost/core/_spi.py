@@ -1,0 +1,201 @@
+"""The backend SPI: what a discovery store plugin implements.
+
+A backend is a thin translation of a few store operations; the Runtime owns
+everything above them (the keepalive thread, re-registration after lease loss,
+decoding, diffing, events, hooks), so every backend gets the same semantics.
+
+Keys passed to a backend are relative to its root and look like
+``v1/instances/{ns}/{comp}/{ep}/{instance_id:x}``; values are the encoded
+:class:`~waypost.Instance` bytes. Prefixes always end with ``/``.
+
+Rules every backend follows (the conformance suite checks them):
+
+* Translate client-library errors into :mod:`waypost.core` errors at one
+  boundary, chaining the cause; never put credentials in messages.
+* Every call is bounded in time: an unreachable store raises
+  :class:`BackendUnavailable` within the backend's timeout.
+* Methods are called from several threads at once.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+__all__ = [
+    "Backend",
+    "Capability",
+    "Lease",
+    "Option",
+    "ParsedURL",
+    "WatchHandle",
+    "WatchSink",
+]
+
+
+class Capability(enum.StrEnum):
+    """What a backend can do; the conformance suite skips only what is not declared."""
+
+    #: Runtimes in other processes on the same host see each other.
+    CROSS_PROCESS = "cross-process"
+    #: Runtimes on other hosts see each other.
+    CROSS_HOST = "cross-host"
+    #: A crashed Runtime's registrations expire even when no other Runtime is alive.
+    SERVER_EXPIRY = "server-expiry"
+    #: ``connect(..., instance_id=N)`` is honoured (otherwise the store picks ids).
+    CHOSEN_INSTANCE_ID = "chosen-instance-id"
+    #: Speaks TLS to the store.
+    TLS = "tls"
+    #: Authenticates to the store (password, token or client certificate).
+    AUTH = "auth"
+    #: Watches resume from history after a reconnect instead of re-listing.
+    WATCH_HISTORY = "watch-history"
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A Runtime's lease. ``id`` is also its instance id (a non-zero u64)."""
+
+    id: int
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """A backend (or Runtime) option accepted in the URL query or as a keyword.
+
+    ``parse`` turns a URL query string (or a keyword value) into the option's
+    value and raises ``ValueError`` naming what is allowed. ``env`` is the
+    environment variable read when neither the keyword nor the URL sets it.
+    ``secret`` options are never shown in ``repr``, logs or errors.
+    """
+
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any = None
+    help: str = ""
+    env: str | None = None
+    secret: bool = False
+
+
+@dataclass(frozen=True)
+class ParsedURL:
+    """A discovery URL split into parts. ``password`` is never shown in ``repr``."""
+
+    scheme: str
+    hosts: tuple[tuple[str, int | None], ...] = ()
+    path: str = ""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    query: Mapping[str, str] = field(default_factory=dict)
+    raw_netloc: str = field(default="", repr=False)
+
+    @property
+    def redacted(self) -> str:
+        """The URL with any password replaced by ``***`` and the query dropped."""
+        auth = ""
+        if self.username is not None or self.password is not None:
+            auth = (self.username or "") + (":***" if self.password is not None else "") + "@"
+        hosts = ",".join(h if p is None else f"{h}:{p}" for h, p in self.hosts)
+        return f"{self.scheme}://{auth}{hosts}{self.path}"
+
+    def __str__(self) -> str:
+        return self.redacted
+
+
+class WatchSink(Protocol):
+    """Where a backend delivers a watch's changes (implemented by the core).
+
+    A backend calls ``reset`` with the complete current state under the
+    prefix: first with the initial snapshot (``reason=None``), then whenever it
+    had to re-list (compaction, reconnect, trimmed history). Between resets it
+    calls ``put``/``delete`` in store order with nothing missed. While the store
+    is unreachable it calls ``interrupted`` (once per outage is enough) and
+    keeps retrying; ``failed`` ends the watch for good.
+    """
+
+    def reset(self, items: Iterable[tuple[str, bytes]], reason: str | None) -> None: ...
+    def put(self, key: str, value: bytes) -> None: ...
+    def delete(self, key: str) -> None: ...
+    def interrupted(self, reason: str) -> None: ...
+    def failed(self, error: BaseException) -> None: ...
+
+
+class WatchHandle(Protocol):
+    """A running backend watch."""
+
+    def close(self) -> None:
+        """Stop; release threads and connections; no sink call after it returns."""
+
+
+class Backend(abc.ABC):
+    """Base class of discovery backends. Subclass it in a plugin."""
+
+    #: URL schemes served (the entry-point names in group ``waypost.backends``).
+    schemes: ClassVar[tuple[str, ...]] = ()
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    #: Backend-specific options (URL query or keyword arguments).
+    options: ClassVar[tuple[Option, ...]] = ()
+    #: Environment variables for Runtime options, e.g. ``{"ttl": "ETCD_LEASE_TTL"}``.
+    runtime_option_env: ClassVar[Mapping[str, str]] = {}
+    #: Smallest ttl the store supports, in seconds.
+    min_ttl: ClassVar[float] = 1.0
+
+    @classmethod
+    @abc.abstractmethod
+    def from_url(cls, url: ParsedURL, options: Mapping[str, Any]) -> Backend:
+        """Build a connected backend; ``options`` holds every declared option, parsed."""
+
+    @abc.abstractmethod
+    def grant_lease(self, ttl: float, preferred_id: int | None = None) -> Lease:
+        """Grant a lease; honour ``preferred_id`` if the store lets callers pick ids.
+
+        Raise :class:`AlreadyRegistered` if ``preferred_id`` is held by a live lease.
+        """
+
+    @abc.abstractmethod
+    def keep_alive(self, lease: Lease) -> None:
+        """Refresh the lease; raise :class:`LeaseLost` if it no longer exists."""
+
+    @abc.abstractmethod
+    def revoke_lease(self, lease_id: int) -> None:
+        """Delete the lease and every key attached to it now. Idempotent."""
+
+    @abc.abstractmethod
+    def create(self, lease: Lease, key: str, value: bytes) -> None:
+        """Store ``key`` attached to ``lease`` only if absent, else :class:`AlreadyRegistered`.
+
+        Raise :class:`LeaseLost` if the lease is gone.
+        """
+
+    @abc.abstractmethod
+    def replace(self, lease: Lease, key: str, value: bytes) -> None:
+        """Overwrite a key this lease already owns (re-registration in one Runtime)."""
+
+    @abc.abstractmethod
+    def delete(self, lease: Lease, key: str) -> None:
+        """Delete a key this lease owns; a missing key is not an error."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> list[tuple[str, bytes]]:
+        """Return every ``(key, value)`` under ``prefix``: one consistent snapshot."""
+
+    @abc.abstractmethod
+    def watch(self, prefix: str, sink: WatchSink) -> WatchHandle:
+        """Start watching ``prefix``.
+
+        Deliver the initial snapshot through ``sink.reset(items, None)`` before
+        returning (raise :class:`BackendUnavailable` if that is not possible in
+        time), then changes from a background thread, gap-free.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections and threads. Idempotent."""
+
+    def describe(self) -> str:
+        """A redacted, human-readable address of the store for logs and errors."""
+        return type(self).__name__

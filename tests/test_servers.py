@@ -1,0 +1,276 @@
+"""The test-server harness itself: real etcd / Redis / Consul start, answer,
+restart, pause, and speak TLS. Uses only stdlib sockets / ssl / http.client."""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import ssl
+
+import pytest
+
+try:
+    from tests import servers as S
+except ImportError:  # tests/ on sys.path instead of the repo root
+    import servers as S  # type: ignore[no-redef]
+
+
+# ---------------------------------------------------------------- helpers
+
+def http_req(port, method, path, body=None, tls=None, headers=None, timeout=3.0, client_cert=True):
+    if tls is not None:
+        ctx = tls.client_context(client_cert=client_cert)
+        conn = http.client.HTTPSConnection(S.HOST, port, timeout=timeout, context=ctx)
+    else:
+        conn = http.client.HTTPConnection(S.HOST, port, timeout=timeout)
+    try:
+        data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+        conn.request(method, path, body=data, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def b64(s: str) -> str:
+    return base64.b64encode(s.encode()).decode()
+
+
+def etcd_put(srv, key, value):
+    st, body = http_req(srv.port, "POST", "/v3/kv/put", {"key": b64(key), "value": b64(value)}, tls=srv.tls)
+    assert st == 200, body
+
+
+def etcd_get(srv, key):
+    st, body = http_req(srv.port, "POST", "/v3/kv/range", {"key": b64(key)}, tls=srv.tls)
+    assert st == 200, body
+    kvs = json.loads(body).get("kvs") or []
+    return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
+
+
+def redis_raw(port, *args, tls=None, timeout=2.0):
+    """Send commands (each a tuple) on one connection, return the reply lines."""
+    sock = socket.create_connection((S.HOST, port), timeout=timeout)
+    if tls is not None:
+        sock = tls.client_context().wrap_socket(sock, server_hostname=S.HOST)
+    try:
+        out = []
+        f = sock.makefile("rb")
+        for cmd in args:
+            sock.sendall(S._resp_command(*cmd))
+            out.append(f.readline().rstrip(b"\r\n"))
+        return out
+    finally:
+        sock.close()
+
+
+@pytest.fixture
+def tls(tmp_path):
+    pytest.importorskip("trustme")
+    t = S.make_tls(tmp_path / "tls")
+    return t
+
+
+# ---------------------------------------------------------------- generic
+
+def test_missing_binaries_give_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("WAYPOST_SERVERS_DIR", str(tmp_path))
+    with pytest.raises(S.ServerBinaryMissing, match="scripts/install-servers"):
+        S.EtcdServer()
+    with pytest.raises(S.ServerBinaryMissing):
+        S.RedisServer()
+    with pytest.raises(S.ServerBinaryMissing):
+        S.ConsulServer()
+
+
+def test_free_port_is_loopback_and_distinct():
+    ports = {S.free_port() for _ in range(20)}
+    assert len(ports) == 20
+    for p in ports:
+        s = socket.socket()
+        s.bind((S.HOST, p))  # still free
+        s.close()
+
+
+def test_make_tls_files_are_private(tls):
+    import os
+    import stat
+    for name in ("ca", "server_cert", "server_key", "client_cert", "client_key"):
+        path = getattr(tls, name)
+        assert os.path.isfile(path)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+# ---------------------------------------------------------------- etcd
+
+@pytest.mark.parametrize("version", ["3.5", "3.4"])
+def test_etcd_start_restart_pause(version):
+    with S.EtcdServer(version) as e:
+        assert e.url == f"etcd://127.0.0.1:{e.port}"
+        assert e.endpoint == f"127.0.0.1:{e.port}"
+        st, body = http_req(e.port, "GET", "/version")
+        assert st == 200 and json.loads(body)["etcdserver"].startswith(version)
+        etcd_put(e, "k", "v1")
+        port = e.port
+
+        e.restart()
+        assert e.port == port
+        assert etcd_get(e, "k") == "v1"  # same data dir
+
+        e.kill()
+        assert not e.running
+        e.kill()  # twice is fine
+        e.start()
+        assert e.port == port and etcd_get(e, "k") == "v1"
+
+        e.pause()
+        with pytest.raises(OSError):  # socket.timeout is an OSError
+            http_req(e.port, "GET", "/health", timeout=0.3)
+        e.resume()
+        assert etcd_get(e, "k") == "v1"
+    assert not e.running
+    e.stop()  # after close: no-op
+    e.close()
+
+
+@pytest.mark.parametrize("version", ["3.5", "3.4"])
+def test_etcd_tls(tls, version):
+    with S.EtcdServer(version, tls=tls, client_cert_auth=True) as e:
+        assert e.url.startswith("etcds://127.0.0.1:")
+        etcd_put(e, "secure", "yes")
+        assert etcd_get(e, "secure") == "yes"
+        # no client cert -> refused
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            http_req(e.port, "GET", "/health", tls=tls, client_cert=False)
+        # plain HTTP to the TLS port -> no valid answer
+        try:
+            st, _ = http_req(e.port, "GET", "/health")
+        except (http.client.HTTPException, OSError):
+            pass
+        else:
+            assert st == 400
+
+
+def test_etcd_cluster_member_kill_restart():
+    with S.EtcdCluster(3) as c:
+        assert len(c.members) == 3 and len(c.endpoints) == 3
+        assert c.url == "etcd://" + ",".join(c.endpoints)
+        etcd_put(c.members[0], "c", "1")
+        assert etcd_get(c.members[2], "c") == "1"
+        c.members[1].kill()
+        etcd_put(c.members[2], "c", "2")  # quorum of 2 remains
+        c.members[1].start()
+        assert c.members[1].port == int(c.endpoints[1].split(":")[1])
+        assert etcd_get(c.members[1], "c") == "2"
+
+
+# ---------------------------------------------------------------- redis
+
+def test_redis_start_restart_pause():
+    with S.RedisServer() as r:
+        assert r.url == f"redis://127.0.0.1:{r.port}/0"
+        assert redis_raw(r.port, ("PING",), ("SET", "k", "v"), ("GET", "k")) == [b"+PONG", b"+OK", b"$1"]
+        port = r.port
+        r.restart()
+        assert r.port == port
+        assert redis_raw(r.port, ("GET", "k")) == [b"$-1"]  # no persistence, by design
+        r.pause()
+        with pytest.raises(OSError):
+            redis_raw(r.port, ("PING",), timeout=0.3)
+        r.resume()
+        assert r.command("PING") == b"+PONG"
+        r.kill()
+        r.start()
+        assert r.command("PING") == b"+PONG"
+
+
+def test_redis_password_and_acl_user():
+    with S.RedisServer(password="s3cret") as r:
+        assert redis_raw(r.port, ("PING",))[0].startswith(b"-NOAUTH")
+        assert redis_raw(r.port, ("AUTH", "s3cret"), ("PING",)) == [b"+OK", b"+PONG"]
+        assert r.auth_url == f"redis://:s3cret@127.0.0.1:{r.port}/0"
+    with S.RedisServer(acl_user=("wp", "pw", "waypost:*")) as r:
+        assert redis_raw(r.port, ("PING",))[0].startswith(b"-NOAUTH")
+        out = redis_raw(
+            r.port, ("AUTH", "wp", "pw"), ("SET", "waypost:a", "1"), ("SET", "other", "1"),
+            ("PUBLISH", "waypost:ch", "x"), ("PUBLISH", "other", "x"),
+        )
+        assert out[0] == b"+OK" and out[1] == b"+OK"
+        assert out[2].startswith(b"-NOPERM")
+        assert out[3] == b":0"
+        assert out[4].startswith(b"-NOPERM")
+        assert r.auth_url == f"redis://wp:pw@127.0.0.1:{r.port}/0"
+
+
+def test_redis_tls(tls):
+    with S.RedisServer(tls=tls, password="pw") as r:
+        assert r.url.startswith("rediss://127.0.0.1:")
+        assert redis_raw(r.port, ("AUTH", "pw"), ("PING",), tls=tls) == [b"+OK", b"+PONG"]
+        # plain text to the TLS port gets no RESP answer
+        with pytest.raises((OSError, AssertionError)):
+            out = redis_raw(r.port, ("PING",), timeout=1.0)
+            assert out == [b"+PONG"]
+
+
+# ---------------------------------------------------------------- consul
+
+def test_consul_start_restart_pause():
+    with S.ConsulServer(session_ttl_min="1s") as c:
+        assert c.url == f"consul://127.0.0.1:{c.port}"
+        st, body = http_req(c.port, "GET", "/v1/status/leader")
+        assert st == 200 and json.loads(body)
+        st, _ = http_req(c.port, "PUT", "/v1/kv/waypost/x", b"1")
+        assert st == 200
+        st, body = http_req(c.port, "PUT", "/v1/session/create", {"TTL": "1s"})
+        assert st == 200, body
+        port = c.port
+        c.pause()
+        with pytest.raises(OSError):
+            http_req(c.port, "GET", "/v1/status/leader", timeout=0.3)
+        c.resume()
+        c.restart()
+        assert c.port == port
+        st, _ = http_req(c.port, "GET", "/v1/kv/waypost/x")
+        assert st == 404  # -dev keeps state in memory only
+
+
+def test_consul_acl():
+    with S.ConsulServer(acl_token="root-token") as c:
+        st, _ = http_req(c.port, "PUT", "/v1/kv/waypost/x", b"1")
+        assert st == 403
+        st, _ = http_req(c.port, "PUT", "/v1/kv/waypost/x", b"1", headers={"X-Consul-Token": "root-token"})
+        assert st == 200
+        st, _ = http_req(c.port, "GET", "/v1/kv/waypost/x", headers={"X-Consul-Token": "wrong"})
+        assert st == 403
+
+
+def test_consul_tls(tls):
+    with S.ConsulServer(tls=tls, client_cert_auth=True) as c:
+        assert c.url.startswith("consuls://127.0.0.1:")
+        st, body = http_req(c.port, "GET", "/v1/status/leader", tls=tls)
+        assert st == 200 and json.loads(body)
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            http_req(c.port, "GET", "/v1/status/leader", tls=tls, client_cert=False)
+
+
+# ---------------------------------------------------------------- fixtures
+
+def test_session_fixtures(etcd_server, redis_server, consul_server):
+    assert etcd_server.running and redis_server.running and consul_server.running
+    assert redis_server.command("PING") == b"+PONG"
+
+
+def test_factories(redis_factory, etcd_factory):
+    a = redis_factory()
+    b = redis_factory(password="x")
+    e = etcd_factory("3.4")
+    assert len({a.port, b.port, e.port}) == 3
+    assert a.running and b.running and e.running
+
+
+etcd_server = S.etcd_server
+redis_server = S.redis_server
+consul_server = S.consul_server
+redis_factory = S.redis_factory
+etcd_factory = S.etcd_factory
