@@ -375,6 +375,18 @@ def _http_get(
     headers: Optional[dict] = None,
     timeout: float = 2.0,
 ) -> Tuple[int, bytes]:
+    return _http_request(port, "GET", path, None, tls, headers, timeout)
+
+
+def _http_request(
+    port: int,
+    method: str,
+    path: str,
+    body: Optional[bytes] = None,
+    tls: Optional[TLSFiles] = None,
+    headers: Optional[dict] = None,
+    timeout: float = 2.0,
+) -> Tuple[int, bytes]:
     if tls is not None:
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(
             HOST, port, timeout=timeout, context=tls.client_context()
@@ -382,7 +394,7 @@ def _http_get(
     else:
         conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        conn.request("GET", path, headers=headers or {})
+        conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
@@ -644,6 +656,24 @@ class EtcdServer(_Server):
         status, body = _http_get(self.port, "/health", self.tls)
         return status == 200 and json.loads(body).get("health") in ("true", True)
 
+    def status(self, timeout: float = 2.0) -> dict:
+        """``/v3/maintenance/status`` (JSON gateway): ``header.member_id``,
+        ``leader``, ``raftTerm``, ``version``... (ids are decimal strings)."""
+        status, body = _http_request(self.port, "POST", "/v3/maintenance/status", b"{}",
+                                     self.tls, timeout=timeout)
+        if status != 200:
+            raise ServerError(f"etcd status on {self.endpoint}: HTTP {status}: {body[:200]!r}")
+        st = json.loads(body)
+        self._member_id = st["header"]["member_id"]
+        return st
+
+    @property
+    def member_id(self) -> str:
+        """This member's raft id (decimal string, as the JSON gateway shows it)."""
+        if getattr(self, "_member_id", None) is None:
+            self.status()
+        return self._member_id
+
 
 class EtcdCluster:
     """A 3-member (by default) etcd cluster on loopback.
@@ -721,6 +751,31 @@ class EtcdCluster:
         for m in pending:
             _wait_until(m._ready, m._process, timeout, m._what())
             m._started_once = True
+
+    def leader(self, timeout: float = 10.0) -> EtcdServer:
+        """Wait until every running, unpaused member agrees on a leader that
+        is one of them, and return it (use after killing/pausing members)."""
+        ids = {}
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while True:
+            live = [m for m in self.members if m.running and not m.paused]
+            try:
+                leaders = set()
+                for m in live:
+                    st = m.status(timeout=0.5)
+                    ids[st["header"]["member_id"]] = m
+                    leaders.add(st.get("leader"))
+                if len(leaders) == 1:
+                    lid = leaders.pop()
+                    if lid in ids and ids[lid] in live:
+                        return ids[lid]
+                last = leaders
+            except Exception as e:  # noqa: BLE001 - not settled yet
+                last = e
+            if time.monotonic() >= deadline:
+                raise ServerError(f"etcd cluster has no agreed leader after {timeout}s (last: {last!r})")
+            time.sleep(_POLL)
 
     def stop(self) -> None:
         for m in self.members:

@@ -1,0 +1,137 @@
+"""What a backend's tests hand to the conformance suite."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import waypost
+from waypost.core import Capability, backend_class, parse_url
+
+__all__ = ["Harness", "ServerControl", "Worker", "wait_until"]
+
+T = TypeVar("T")
+
+
+class ServerControl(Protocol):
+    """Fault hooks on the real server behind a backend (all optional to call)."""
+
+    def kill(self) -> None: ...
+    def restart(self) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+
+
+@dataclass
+class Harness:
+    """How the suite reaches a backend.
+
+    :param url: discovery URL of a store the suite may write to (tests use
+        unique namespaces, so one store can serve the whole suite).
+    :param options: extra ``waypost.connect`` keyword arguments (TLS files…).
+    :param ttl: lease ttl the suite uses (≥ the backend's ``min_ttl``).
+    :param expiry_bound: how long after ``ttl`` a crashed Runtime may linger.
+    :param server: fault hooks of the real server, if any.
+    :param restart_loses_data: whether ``server.restart()`` wipes the store.
+    :param unreachable_url: a URL of the same scheme where nothing listens.
+    :param interrupt_bound: seconds within which a watch must report a dead store.
+    """
+
+    url: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    ttl: float = 1.0
+    expiry_bound: float = 1.0
+    server: ServerControl | None = None
+    restart_loses_data: bool = True
+    unreachable_url: str | None = None
+    interrupt_bound: float = 10.0
+    _runtimes: list[waypost.Runtime] = field(default_factory=list, repr=False)
+    _workers: list[Worker] = field(default_factory=list, repr=False)
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return backend_class(parse_url(self.url).scheme).capabilities
+
+    def connect(self, **overrides: Any) -> waypost.Runtime:
+        """A Runtime on the backend, closed when the test ends."""
+        options = {"ttl": self.ttl, **self.options, **overrides}
+        runtime = waypost.connect(self.url, **options)
+        self._runtimes.append(runtime)
+        return runtime
+
+    def spawn_worker(self, endpoints: list[str]) -> Worker:
+        """A Runtime in another process that registers ``endpoints`` (``ns/comp/ep``)."""
+        worker = Worker.start(self.url, {"ttl": self.ttl, **self.options}, endpoints)
+        self._workers.append(worker)
+        return worker
+
+    def cleanup(self) -> None:
+        for worker in self._workers:
+            worker.kill()
+        for runtime in self._runtimes:
+            try:
+                runtime.close()
+            except waypost.WaypostError:
+                pass  # the store may be down on purpose in fault tests
+
+
+@dataclass
+class Worker:
+    """A child process running ``python -m waypost.contrib.conformance._worker``."""
+
+    process: subprocess.Popen[str]
+    instance_id: int
+
+    @classmethod
+    def start(cls, url: str, options: Mapping[str, Any], endpoints: list[str], timeout: float = 30.0) -> Worker:
+        args = [sys.executable, "-m", "waypost.contrib.conformance._worker", url, json.dumps(dict(options)),
+                *endpoints]
+        process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        line = _readline_with_timeout(process, timeout)
+        if not line:
+            process.kill()
+            raise RuntimeError(f"worker did not start within {timeout} s (exit code {process.poll()})")
+        return cls(process, int(json.loads(line)["instance_id"]))
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
+
+    def stop(self) -> None:
+        """Graceful: closing stdin makes the worker close its Runtime."""
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+def _readline_with_timeout(process: subprocess.Popen[str], timeout: float) -> str:
+    result: list[str] = []
+    reader = threading.Thread(target=lambda: result.append(process.stdout.readline()  # type: ignore[union-attr]
+                                                           ), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return result[0] if result else ""
+
+
+def wait_until(condition: Callable[[], T], timeout: float, interval: float = 0.02, what: str = "condition") -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} not reached within {timeout:.1f} s (last value: {value!r})")
+        time.sleep(interval)

@@ -1,0 +1,465 @@
+"""The conformance tests (design §5). Subclass :class:`BackendConformance` to run them."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import waypost
+from waypost import Added, Capability, Query, Removed, Resynced, TransportType
+from waypost.core import hookimpl
+
+from ._harness import Harness, wait_until
+
+__all__ = ["BackendConformance"]
+
+GRACE = 0.5  # scheduling slack on a loaded 2-core machine
+
+
+def _tcp(n: int) -> TransportType:
+    return TransportType.tcp(f"127.0.0.1:{9000 + n}")
+
+
+class _LeaseEvents:
+    """Observer plugin recording lease-loss hook calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int | None, str]] = []
+
+    @hookimpl
+    def waypost_on_lease_lost(self, runtime: Any, old_instance_id: int, new_instance_id: int | None,
+                              reason: str) -> None:
+        self.calls.append((old_instance_id, new_instance_id, reason))
+
+
+@pytest.mark.waypost_conformance
+class BackendConformance:
+    """Every test a waypost backend must pass. Provide a ``harness`` fixture."""
+
+    @pytest.fixture
+    def harness(self) -> Harness:
+        raise NotImplementedError("override the `harness` fixture in your BackendConformance subclass")
+
+    @pytest.fixture
+    def backend(self, harness: Harness) -> Iterator[Harness]:
+        yield harness
+        harness.cleanup()
+
+    @pytest.fixture
+    def ns(self) -> str:
+        """A namespace no other test uses, so one store serves the whole suite."""
+        return f"conf-{uuid.uuid4().hex[:12]}"
+
+    @staticmethod
+    def require(harness: Harness, capability: Capability) -> None:
+        if capability not in harness.capabilities:
+            pytest.skip(f"backend declares no {capability.value!r} capability")
+
+    @staticmethod
+    def require_server(harness: Harness) -> Any:
+        if harness.server is None:
+            if Capability.CROSS_HOST in harness.capabilities:
+                pytest.fail("a cross-host backend must give the suite its server's fault hooks")
+            pytest.skip("backend declares no 'cross-host' capability: no server to fault")
+        return harness.server
+
+    # -- registration ---------------------------------------------------------------
+    def test_register_list_unregister(self, backend: Harness, ns: str) -> None:
+        rt = backend.connect()
+        ep = rt.namespace(ns).component("backend").endpoint("generate")
+        reg = ep.register(_tcp(1), device_type="cuda", request_plane_codec="msgpack")
+        [listed] = ep.list_instances()
+        assert listed == reg.instance
+        assert listed.instance_id == rt.instance_id != 0
+        assert listed.device_type == waypost.DeviceType.CUDA
+        reg.unregister()
+        assert ep.list_instances() == []
+        assert not reg.active
+
+    def test_list_is_sorted_and_scoped_by_query_level(self, backend: Harness, ns: str) -> None:
+        rts = [backend.connect() for _ in range(3)]
+        for rt in rts:
+            for comp, ep in (("a", "x"), ("a", "y"), ("b", "x")):
+                rt.namespace(ns).component(comp).endpoint(ep).register(_tcp(1))
+        observer = rts[0]
+        everything = observer.list_instances(Query.namespace(ns))
+        assert len(everything) == 9
+        assert everything == sorted(everything, key=str)
+        assert len(observer.list_instances(Query.component(ns, "a"))) == 6
+        assert len(observer.list_instances(Query.endpoint(ns, "a", "y"))) == 3
+        assert {i.instance_id for i in everything} == {rt.instance_id for rt in rts}
+
+    def test_prefixes_match_on_segment_boundaries(self, backend: Harness, ns: str) -> None:
+        rt = backend.connect()
+        for namespace, comp, ep in ((ns, "comp", "ep"), (f"{ns}-a", "comp", "ep"),
+                                    (ns, "comp2", "ep"), (ns, "comp", "ep2")):
+            rt.namespace(namespace).component(comp).endpoint(ep).register(_tcp(1))
+        assert len(rt.list_instances(Query.namespace(ns))) == 3
+        assert len(rt.list_instances(Query.component(ns, "comp"))) == 2
+        assert len(rt.list_instances(Query.endpoint(ns, "comp", "ep"))) == 1
+        with rt.watch(Query.component(ns, "comp")) as watch:
+            assert {str(i.endpoint) for i in watch.instances} == {"ep", "ep2"}
+
+    def test_register_is_create_only_across_runtimes(self, backend: Harness, ns: str) -> None:
+        first, second = backend.connect(), backend.connect()
+        reg = first.namespace(ns).component("c").endpoint("e").register(_tcp(1))
+        key = reg.instance.key
+        with pytest.raises(waypost.AlreadyRegistered):
+            second.backend.create(second.lease, key, reg.instance.to_json())
+        [listed] = first.list_instances(Query.namespace(ns))
+        assert listed == reg.instance  # nothing overwritten
+
+    def test_chosen_instance_id_is_exclusive(self, backend: Harness, ns: str) -> None:
+        self.require(backend, Capability.CHOSEN_INSTANCE_ID)
+        first = backend.connect(instance_id=0xABCDEF)
+        assert first.instance_id == 0xABCDEF
+        first.namespace(ns).component("c").endpoint("e").register(_tcp(1))
+        with pytest.raises(waypost.AlreadyRegistered):
+            second = backend.connect(instance_id=0xABCDEF)
+            second.namespace(ns).component("c").endpoint("e").register(_tcp(2))
+        assert [i.transport for i in first.list_instances(Query.namespace(ns))] == [_tcp(1)]
+
+    def test_reregister_in_same_runtime_updates(self, backend: Harness, ns: str) -> None:
+        rt = backend.connect()
+        ep = rt.namespace(ns).component("c").endpoint("e")
+        first = ep.register(_tcp(1))
+        second = ep.register(_tcp(2), metadata={"v": 2})
+        assert first is second
+        [listed] = ep.list_instances()
+        assert listed.transport == _tcp(2)
+        assert listed.metadata == {"v": 2}
+
+    def test_all_fields_and_metadata_round_trip(self, backend: Harness, ns: str) -> None:
+        rt = backend.connect()
+        metadata = {"model": "llama", "nested": {"n": [1, 2.5, None, True]}, "unicode": "héllo ✓"}
+        transports = [TransportType.tcp("10.0.0.5:9000/x/y"), TransportType.http("http://h:8/p?q=1"),
+                      TransportType.nats_tcp("ns_comp.ep-1")]
+        for n, transport in enumerate(transports):
+            rt.namespace(ns).component("c").endpoint(f"e{n}").register(
+                transport, device_type="cpu", request_plane_codec="json", metadata=metadata)
+        listed = rt.list_instances(Query.namespace(ns))
+        assert [i.transport for i in listed] == transports
+        assert all(i.metadata == metadata and i.request_plane_codec == "json" for i in listed)
+
+    def test_instance_id_is_shared_by_a_runtimes_endpoints(self, backend: Harness, ns: str) -> None:
+        rt = backend.connect()
+        regs = [rt.namespace(ns).component("c").endpoint(f"e{n}").register(_tcp(n)) for n in range(3)]
+        assert {r.instance.instance_id for r in regs} == {rt.instance_id}
+
+    # -- liveness ---------------------------------------------------------------------
+    def test_graceful_close_removes_registrations_at_once(self, backend: Harness, ns: str) -> None:
+        observer, rt = backend.connect(), backend.connect()
+        for n in range(3):
+            rt.namespace(ns).component("c").endpoint(f"e{n}").register(_tcp(n))
+        with observer.watch(Query.namespace(ns)) as watch:
+            assert len(watch.instances) == 3
+            rt.close()
+            assert observer.list_instances(Query.namespace(ns)) == []
+            wait_until(lambda: watch.instances == [], GRACE, what="watch sees the close")
+
+    def test_unregister_removes_at_once(self, backend: Harness, ns: str) -> None:
+        observer, rt = backend.connect(), backend.connect()
+        reg = rt.namespace(ns).component("c").endpoint("e").register(_tcp(1))
+        with observer.watch(Query.namespace(ns)) as watch:
+            reg.unregister()
+            assert observer.list_instances(Query.namespace(ns)) == []
+            event = watch.wait_for(lambda e: isinstance(e, Removed), GRACE)
+            assert event is not None and event.instance.instance_id == rt.instance_id  # type: ignore[union-attr]
+
+    def test_crashed_runtime_disappears_within_ttl_and_bound(self, backend: Harness, ns: str) -> None:
+        observer, rt = backend.connect(), backend.connect()
+        rt.namespace(ns).component("c").endpoint("e").register(_tcp(1))
+        with observer.watch(Query.namespace(ns)) as watch:
+            assert len(watch.instances) == 1
+            crashed_at = time.monotonic()
+            rt._abandon()
+            event = watch.wait_for(lambda e: isinstance(e, Removed), backend.ttl + backend.expiry_bound + GRACE)
+            assert event is not None, "a crashed Runtime's registration outlived ttl + expiry_bound"
+            assert time.monotonic() - crashed_at >= 0  # it was gone only after the crash
+        assert observer.list_instances(Query.namespace(ns)) == []
+
+    def test_killed_process_disappears_within_ttl_and_bound(self, backend: Harness, ns: str) -> None:
+        self.require(backend, Capability.CROSS_PROCESS)
+        observer = backend.connect()
+        with observer.watch(Query.namespace(ns)) as watch:
+            worker = backend.spawn_worker([f"{ns}/c/e1", f"{ns}/c/e2"])
+            wait_until(lambda: len(watch.instances) == 2, 5.0, what="worker's registrations seen")
+            assert {i.instance_id for i in watch.instances} == {worker.instance_id}
+            killed_at = time.monotonic()
+            worker.process.send_signal(signal.SIGKILL)
+            wait_until(lambda: watch.instances == [], backend.ttl + backend.expiry_bound + GRACE,
+                       what="killed worker's registrations removed")
+            assert time.monotonic() - killed_at <= backend.ttl + backend.expiry_bound + GRACE
+
+    def test_stopped_process_disappears_at_once(self, backend: Harness, ns: str) -> None:
+        self.require(backend, Capability.CROSS_PROCESS)
+        observer = backend.connect()
+        worker = backend.spawn_worker([f"{ns}/c/e"])
+        assert len(observer.list_instances(Query.namespace(ns))) == 1
+        worker.stop()
+        assert observer.list_instances(Query.namespace(ns)) == []
+
+    def test_keepalive_holds_registration_for_three_ttls(self, backend: Harness, ns: str) -> None:
+        observer, rt = backend.connect(), backend.connect()
+        reg = rt.namespace(ns).component("c").endpoint("e").register(_tcp(1))
+        with observer.watch(Query.namespace(ns)) as watch:
+            removed = watch.wait_for(lambda e: isinstance(e, Removed), backend.ttl * 3.5)
+            assert removed is None, f"a live Runtime's registration was removed: {removed}"
+        assert observer.list_instances(Query.namespace(ns)) == [reg.instance]
+
+    def test_many_endpoints_share_one_lease(self, backend: Harness, ns: str) -> None:
+        rt = backend.connect()
+        for n in range(20):
+            rt.namespace(ns).component("c").endpoint(f"e{n}").register(_tcp(n))
+        assert threading.active_count() < 200
+        names = [t.name for t in threading.enumerate() if t.name == "waypost-keepalive"]
+        assert len(names) <= len(backend._runtimes)
+
+    # -- lease loss --------------------------------------------------------------------
+    def test_revoked_lease_reregisters_without_phantoms(self, backend: Harness, ns: str) -> None:
+        events = _LeaseEvents()
+        waypost.register_plugin(events)
+        try:
+            observer, rt = backend.connect(), backend.connect()
+            comp = rt.namespace(ns).component("c")
+            comp.endpoint("kept").register(_tcp(1))
+            comp.endpoint("dropped").register(_tcp(2)).unregister()
+            old_id = rt.instance_id
+            with observer.watch(Query.namespace(ns)) as watch:
+                observer.backend.revoke_lease(old_id)
+                wait_until(lambda: events.calls, backend.ttl + GRACE * 2, what="lease-lost hook")
+                [(old, new, _)] = events.calls
+                assert old == old_id and new == rt.instance_id
+                expected = [i.endpoint for i in observer.list_instances(Query.namespace(ns))]
+                assert expected == ["kept"]
+                wait_until(lambda: [i.instance_id for i in watch.instances] == [rt.instance_id], GRACE * 2,
+                           what="watch converges on the re-registration")
+                assert all(i.endpoint != "dropped" for e in _drain(watch) if isinstance(e, Added)
+                           for i in [e.instance])
+        finally:
+            waypost.core.plugin_manager().unregister(events)
+
+    def test_lease_expired_while_paused_reregisters(self, backend: Harness, ns: str) -> None:
+        observer, rt = backend.connect(), backend.connect()
+        rt.namespace(ns).component("c").endpoint("e").register(_tcp(1))
+        with observer.watch(Query.namespace(ns)) as watch:
+            rt._pause_keepalive(backend.ttl * 2 + backend.expiry_bound)
+            assert watch.wait_for(lambda e: isinstance(e, Removed),
+                                  backend.ttl * 2 + backend.expiry_bound + GRACE) is not None
+            wait_until(lambda: [i.instance_id for i in watch.instances] == [rt.instance_id],
+                       backend.ttl * 2 + backend.expiry_bound + GRACE * 2, what="re-registration after pause")
+        assert [i.endpoint for i in observer.list_instances(Query.namespace(ns))] == ["e"]
+
+    def test_lease_loss_can_shut_the_runtime_down(self, backend: Harness, ns: str) -> None:
+        observer = backend.connect()
+        rt = backend.connect(on_lease_lost="shutdown")
+        rt.namespace(ns).component("c").endpoint("e").register(_tcp(1))
+        observer.backend.revoke_lease(rt.instance_id)
+        wait_until(lambda: rt.closed, backend.ttl + GRACE * 2, what="Runtime shut down after lease loss")
+        with pytest.raises(waypost.Closed):
+            rt.namespace(ns).component("c").endpoint("e").register(_tcp(1))
+        assert observer.list_instances(Query.namespace(ns)) == []
+
+    # -- watch ---------------------------------------------------------------------------
+    def test_watch_gives_snapshot_then_ordered_events(self, backend: Harness, ns: str) -> None:
+        rt = backend.connect()
+        comp = rt.namespace(ns).component("c")
+        comp.endpoint("a").register(_tcp(1))
+        with rt.watch(Query.namespace(ns)) as watch:
+            first = watch.get(timeout=GRACE)
+            assert isinstance(first, Added) and first.instance.endpoint == "a"
+            reg_b = comp.endpoint("b").register(_tcp(2))
+            comp.endpoint("a").register(_tcp(3))
+            reg_b.unregister()
+            got = [watch.get(timeout=GRACE * 4) for _ in range(3)]
+            assert [(type(e).__name__, e.instance.endpoint) for e in got] == [  # type: ignore[union-attr]
+                ("Added", "b"), ("Added", "a"), ("Removed", "b")]
+            assert got[1].instance.transport == _tcp(3)  # type: ignore[union-attr]
+
+    def test_watch_is_gap_free_under_concurrent_writes(self, backend: Harness, ns: str) -> None:
+        writers = [backend.connect() for _ in range(3)]
+        observer = backend.connect()
+        stop = threading.Event()
+
+        def churn(rt: waypost.Runtime, seed: int) -> None:
+            n = 0
+            while not stop.is_set() and n < 60:
+                reg = rt.namespace(ns).component("c").endpoint(f"e{seed}-{n % 7}").register(_tcp(n))
+                if n % 3 == 0:
+                    reg.unregister()
+                n += 1
+
+        threads = [threading.Thread(target=churn, args=(rt, i)) for i, rt in enumerate(writers)]
+        for t in threads:
+            t.start()
+        try:
+            with observer.watch(Query.namespace(ns)) as watch:
+                for t in threads:
+                    t.join(timeout=60)
+                state: dict[str, waypost.Instance] = {}
+                expected = {i.key: i for i in observer.list_instances(Query.namespace(ns))}
+
+                def replay() -> bool:
+                    for event in _drain(watch):
+                        if isinstance(event, Added):
+                            state[event.instance.key] = event.instance
+                        elif isinstance(event, Removed):
+                            state.pop(event.instance.key, None)
+                    return state == expected
+
+                wait_until(replay, GRACE * 6, what="events replay to the final listing")
+        finally:
+            stop.set()
+
+    def test_closing_a_watch_releases_its_threads(self, backend: Harness, ns: str) -> None:
+        rt = backend.connect()
+        baseline = threading.active_count()
+        watches = [rt.watch(Query.namespace(ns)) for _ in range(5)]
+        clients = [rt.namespace(ns).component("c").endpoint("e").client() for _ in range(2)]
+        for closable in [*watches, *clients]:
+            closable.close()
+        wait_until(lambda: threading.active_count() <= baseline, 5.0, what="watch threads released")
+        with pytest.raises(waypost.Closed):
+            watches[0].get(timeout=0)
+
+    def test_client_follows_instances_and_picks(self, backend: Harness, ns: str) -> None:
+        caller = backend.connect()
+        servers = [backend.connect() for _ in range(3)]
+        client = caller.namespace(ns).component("c").endpoint("e").client(down_period=60)
+        with pytest.raises(waypost.NoInstances):
+            client.wait_for_instances(timeout=0.05)
+        for n, rt in enumerate(servers):
+            rt.namespace(ns).component("c").endpoint("e").register(_tcp(n))
+        client.wait_for_instances(timeout=5, count=3)
+        ids = {rt.instance_id for rt in servers}
+        assert {client.round_robin().instance_id for _ in range(3)} == ids
+        client.report_instance_down(servers[0].instance_id)
+        assert servers[0].instance_id not in {client.random().instance_id for _ in range(20)}
+        assert client.direct(servers[1].instance_id).instance_id == servers[1].instance_id
+        servers[1].close()
+        wait_until(lambda: len(client.instances()) == 2, 5.0, what="client drops a closed server")
+        client.close()
+
+    # -- bad data and bad input -----------------------------------------------------------
+    def test_corrupt_and_foreign_values_are_skipped(self, backend: Harness, ns: str) -> None:
+        rt = backend.connect()
+        good = rt.namespace(ns).component("c").endpoint("good").register(_tcp(1))
+        base = f"v1/instances/{ns}/c"
+        hex_id = f"{rt.instance_id:x}"
+        junk = {
+            f"{base}/garbage/{hex_id}": b"\x00not json\xff",
+            f"{base}/model/{hex_id}": b'{"type":"Model","name":"llama"}',
+            f"{base}/mismatch/{hex_id}": waypost.Instance(ns, "c", "other", rt.instance_id, _tcp(2)).to_json(),
+            f"{base}/truncated/{hex_id}": good.instance.to_json()[:-5],
+        }
+        for key, value in junk.items():
+            rt.backend.create(rt.lease, key, value)
+        assert rt.list_instances(Query.namespace(ns)) == [good.instance]
+        with rt.watch(Query.namespace(ns)) as watch:
+            assert watch.instances == [good.instance]
+            rt.backend.replace(rt.lease, f"{base}/garbage/{hex_id}", b"[1, 2")
+            later = rt.namespace(ns).component("c").endpoint("later").register(_tcp(3))
+            wait_until(lambda: later.instance in watch.instances, GRACE * 4, what="watch survives junk")
+
+    def test_bad_input_is_a_clear_error_and_stores_nothing(self, backend: Harness, ns: str) -> None:
+        rt = backend.connect()
+        comp = rt.namespace(ns).component("c")
+        with pytest.raises(ValueError, match=r"\[a-z0-9_-\]"):
+            comp.endpoint("Bad Name")
+        with pytest.raises(waypost.ConfigError, match="metadata"):
+            comp.endpoint("e").register(_tcp(1), metadata={"x": object()})
+        with pytest.raises(waypost.ConfigError, match="device_type"):
+            comp.endpoint("e").register(_tcp(1), device_type="tpu")
+        assert rt.list_instances(Query.namespace(ns)) == []
+        with pytest.raises(waypost.ConfigError, match="no_such_option"):
+            backend.connect(no_such_option=1)
+
+    # -- unreachable store and server faults ------------------------------------------
+    def test_unreachable_store_is_a_typed_error_in_bounded_time(self, backend: Harness) -> None:
+        if backend.unreachable_url is None:
+            if Capability.CROSS_HOST in backend.capabilities:
+                pytest.fail("a cross-host backend must give the suite an unreachable_url")
+            pytest.skip("backend declares no 'cross-host' capability: nothing to be unreachable")
+        started = time.monotonic()
+        with pytest.raises(waypost.BackendUnavailable):
+            waypost.connect(backend.unreachable_url, **{"ttl": backend.ttl, **backend.options, "timeout": 1.0})
+        assert time.monotonic() - started < 10
+
+    def test_server_restart_converges(self, backend: Harness, ns: str) -> None:
+        server = self.require_server(backend)
+        observer, rt = backend.connect(), backend.connect()
+        rt.namespace(ns).component("c").endpoint("e").register(_tcp(1))
+        with observer.watch(Query.namespace(ns)) as watch:
+            server.restart()
+            bound = backend.interrupt_bound + backend.ttl * 2
+            wait_until(lambda: _listed_ids(observer, ns) == [rt.instance_id], bound,
+                       what="registration back after restart")
+            wait_until(lambda: [i.instance_id for i in watch.instances] == [rt.instance_id], bound,
+                       what="watch converges after restart")
+
+    def test_server_paused_past_ttl_converges_without_phantoms(self, backend: Harness, ns: str) -> None:
+        server = self.require_server(backend)
+        observer, rt = backend.connect(), backend.connect()
+        comp = rt.namespace(ns).component("c")
+        comp.endpoint("kept").register(_tcp(1))
+        dropped = comp.endpoint("dropped").register(_tcp(2))
+        with observer.watch(Query.namespace(ns)) as watch:
+            server.pause()
+            try:
+                time.sleep(backend.ttl * 2)  # the fault itself: the server stays paused past the ttl
+                threading.Thread(target=_try_unregister, args=(dropped,), daemon=True).start()
+            finally:
+                server.resume()
+            bound = backend.interrupt_bound + backend.ttl * 3
+            wait_until(lambda: not dropped.active or _try_unregister(dropped), bound, what="unregister done")
+            wait_until(lambda: [i.endpoint for i in _safe_list(observer, ns)] == ["kept"], bound,
+                       what="only the kept endpoint listed after pause")
+            wait_until(lambda: [i.endpoint for i in watch.instances] == ["kept"], bound,
+                       what="watch converges after pause")
+            assert [i.instance_id for i in watch.instances] == [rt.instance_id]
+
+    def test_dead_server_interrupts_watch_and_recovers(self, backend: Harness, ns: str) -> None:
+        server = self.require_server(backend)
+        observer, rt = backend.connect(), backend.connect()
+        rt.namespace(ns).component("c").endpoint("e").register(_tcp(1))
+        with observer.watch(Query.namespace(ns)) as watch:
+            server.kill()
+            interrupted = watch.wait_for(lambda e: isinstance(e, waypost.Interrupted), backend.interrupt_bound)
+            assert interrupted is not None, "a watch on a dead server stayed silent"
+            with pytest.raises(waypost.BackendUnavailable):
+                observer.list_instances(Query.namespace(ns))
+            server.restart()
+            resynced = watch.wait_for(lambda e: isinstance(e, Resynced), backend.interrupt_bound * 2)
+            assert resynced is not None
+            wait_until(lambda: [i.instance_id for i in watch.instances] == [rt.instance_id],
+                       backend.interrupt_bound + backend.ttl * 2, what="watch converges after restart")
+
+
+def _drain(watch: waypost.Watch) -> Iterator[waypost.Event]:
+    while (event := watch.get(timeout=0)) is not None:
+        yield event
+
+
+def _listed_ids(rt: waypost.Runtime, ns: str) -> list[int]:
+    return [i.instance_id for i in _safe_list(rt, ns)]
+
+
+def _safe_list(rt: waypost.Runtime, ns: str) -> list[waypost.Instance]:
+    try:
+        return rt.list_instances(Query.namespace(ns))
+    except waypost.BackendUnavailable:
+        return []
+
+
+def _try_unregister(registration: waypost.Registration) -> bool:
+    try:
+        registration.unregister()
+    except waypost.WaypostError:
+        return False
+    return True
