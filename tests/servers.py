@@ -6,7 +6,7 @@ default port, never another address).  Binaries come from
 ``scripts/install-servers``.
 
 Only the standard library and ``trustme`` (for :func:`make_tls`) are used;
-``pytest`` is imported lazily for the fixtures at the bottom.
+``pytest`` is needed for the fixtures at the bottom.
 
 Typical use::
 
@@ -18,9 +18,11 @@ Typical use::
 Readiness is always a real protocol check polled until a deadline (etcd
 ``/health``, Redis ``PING``, Consul ``/v1/status/leader`` + node health).
 """
+
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import http.client
 import json
@@ -33,8 +35,10 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+
+import pytest
 
 __all__ = [
     "HOST",
@@ -78,6 +82,7 @@ class ServerBinaryMissing(ServerError):
 # binaries, ports
 # ---------------------------------------------------------------------------
 
+
 def servers_dir() -> Path:
     return Path(os.environ.get("WAYPOST_SERVERS_DIR") or (REPO_ROOT / ".servers"))
 
@@ -87,14 +92,13 @@ def find_binary(name: str) -> str:
     path = servers_dir() / "bin" / name
     if not (path.exists() and os.access(path, os.X_OK)):
         raise ServerBinaryMissing(
-            f"test server binary {name!r} not found at {path}: "
-            f"run `scripts/install-servers` (from the repo root) first"
+            f"test server binary {name!r} not found at {path}: run `scripts/install-servers` (from the repo root) first"
         )
     return str(path)
 
 
 _port_lock = threading.Lock()
-_recent_ports: "set[int]" = set()
+_recent_ports: set[int] = set()
 
 
 def free_port() -> int:
@@ -133,6 +137,7 @@ def _tail(path: Path, n: int = 40) -> str:
 # ---------------------------------------------------------------------------
 # TLS
 # ---------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class TLSFiles:
@@ -183,7 +188,7 @@ def make_tls(tmpdir) -> TLSFiles:
 # process registry: nothing is left behind
 # ---------------------------------------------------------------------------
 
-_live: "set[_Process]" = set()  # strong refs: atexit must see every process
+_live: set[_Process] = set()  # strong refs: atexit must see every process
 _live_lock = threading.Lock()
 
 
@@ -191,10 +196,8 @@ def _cleanup_all() -> None:
     with _live_lock:
         procs = list(_live)
     for p in procs:
-        try:
+        with contextlib.suppress(Exception):
             p.close()
-        except Exception:  # pragma: no cover - best effort at exit
-            pass
 
 
 atexit.register(_cleanup_all)
@@ -207,7 +210,7 @@ class _Process:
         self.name = name
         self.workdir = workdir
         self.log_path = workdir / f"{name}.log"
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
         self.paused = False
         with _live_lock:
             _live.add(self)
@@ -217,16 +220,16 @@ class _Process:
         return self.proc is not None and self.proc.poll() is None
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return self.proc.pid if self.running else None
 
-    def spawn(self, argv: Sequence[str], env: Optional[dict] = None) -> None:
+    def spawn(self, argv: Sequence[str], env: dict | None = None) -> None:
         """Start ``argv`` with environment ``env`` (default: ours)."""
         if self.running:
             raise ServerError(f"{self.name} is already running (pid {self.proc.pid})")
         full_env = dict(os.environ) if env is None else env
         with open(self.log_path, "ab") as log:
-            log.write(("\n==== start %s: %s\n" % (time.strftime("%H:%M:%S"), " ".join(argv))).encode())
+            log.write(("\n==== start {}: {}\n".format(time.strftime("%H:%M:%S"), " ".join(argv))).encode())
             log.flush()
             self.proc = subprocess.Popen(
                 list(argv),
@@ -245,10 +248,8 @@ class _Process:
         try:
             os.killpg(self.proc.pid, sig)
         except (ProcessLookupError, PermissionError):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(sig)
-            except ProcessLookupError:
-                pass
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGTERM, then SIGKILL after ``timeout``). Idempotent."""
@@ -276,7 +277,7 @@ class _Process:
         self.proc.wait(10)
         self.paused = False
 
-    def _threads_state(self) -> List[str]:
+    def _threads_state(self) -> list[str]:
         """Scheduler states (``R``, ``S``, ``T``...) of all the process's threads."""
         states = []
         task_dir = f"/proc/{self.proc.pid}/task"
@@ -323,10 +324,8 @@ class _Process:
         self.paused = False
 
     def close(self) -> None:
-        try:
-            self.stop(timeout=5)
-        except Exception:
-            self.kill()
+        # The temp dir goes away with it, so nothing needs a graceful stop.
+        self.kill()
         with _live_lock:
             _live.discard(self)
 
@@ -348,22 +347,19 @@ def _wait_until(
 ) -> None:
     """Poll ``check`` until True; fail fast if the process dies."""
     deadline = time.monotonic() + timeout
-    last_exc: Optional[BaseException] = None
+    last_exc: BaseException | None = None
     while True:
         if not proc.running:
             code = proc.proc.returncode if proc.proc else None
-            raise ServerError(
-                f"{what} exited (code {code}) before becoming ready; log tail:\n{proc.tail()}"
-            )
+            raise ServerError(f"{what} exited (code {code}) before becoming ready; log tail:\n{proc.tail()}")
         try:
             if check():
                 return
-        except Exception as e:  # noqa: BLE001 - any failure means not ready yet
+        except Exception as e:
             last_exc = e
         if time.monotonic() >= deadline:
             raise ServerError(
-                f"{what} not ready after {timeout:.1f}s (last probe error: {last_exc!r}); "
-                f"log tail:\n{proc.tail()}"
+                f"{what} not ready after {timeout:.1f}s (last probe error: {last_exc!r}); log tail:\n{proc.tail()}"
             )
         time.sleep(_POLL)
 
@@ -371,10 +367,10 @@ def _wait_until(
 def _http_get(
     port: int,
     path: str,
-    tls: Optional[TLSFiles] = None,
-    headers: Optional[dict] = None,
+    tls: TLSFiles | None = None,
+    headers: dict | None = None,
     timeout: float = 2.0,
-) -> Tuple[int, bytes]:
+) -> tuple[int, bytes]:
     return _http_request(port, "GET", path, None, tls, headers, timeout)
 
 
@@ -382,11 +378,11 @@ def _http_request(
     port: int,
     method: str,
     path: str,
-    body: Optional[bytes] = None,
-    tls: Optional[TLSFiles] = None,
-    headers: Optional[dict] = None,
+    body: bytes | None = None,
+    tls: TLSFiles | None = None,
+    headers: dict | None = None,
     timeout: float = 2.0,
-) -> Tuple[int, bytes]:
+) -> tuple[int, bytes]:
     if tls is not None:
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(
             HOST, port, timeout=timeout, context=tls.client_context()
@@ -405,6 +401,7 @@ def _http_request(
 # common server base
 # ---------------------------------------------------------------------------
 
+
 class _Server:
     """Base: start/stop/kill/restart/pause/resume, context manager."""
 
@@ -412,15 +409,16 @@ class _Server:
     scheme = ""
     tls_scheme = ""
 
-    def __init__(self, tls: Optional[TLSFiles] = None, workdir: Optional[str] = None,
-                 start_timeout: float = DEFAULT_START_TIMEOUT):
+    def __init__(
+        self, tls: TLSFiles | None = None, workdir: str | None = None, start_timeout: float = DEFAULT_START_TIMEOUT
+    ):
         self.tls = tls
         self.start_timeout = start_timeout
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"waypost-{self.kind}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = HOST
-        self.port: Optional[int] = None
+        self.port: int | None = None
         self._process = _Process(self.kind, self.workdir)
         self._closed = False
         self._started_once = False
@@ -429,7 +427,7 @@ class _Server:
     def _pick_ports(self) -> None:
         raise NotImplementedError
 
-    def _argv(self) -> List[str]:
+    def _argv(self) -> list[str]:
         raise NotImplementedError
 
     def _env(self) -> dict:
@@ -459,7 +457,7 @@ class _Server:
         return self._process.paused
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return self._process.pid
 
     @property
@@ -469,7 +467,7 @@ class _Server:
     def log_tail(self, n: int = 40) -> str:
         return self._process.tail(n)
 
-    def start(self, timeout: Optional[float] = None):
+    def start(self, timeout: float | None = None):
         """Start and wait until ready. First start picks free ports (retrying on
         a clash); later starts reuse the same ports. Returns self."""
         if self._closed:
@@ -505,7 +503,7 @@ class _Server:
         """SIGKILL the server. Safe to call twice."""
         self._process.kill()
 
-    def restart(self, timeout: Optional[float] = None):
+    def restart(self, timeout: float | None = None):
         """Stop (gracefully) and start again on the same port and data dir."""
         self.stop()
         return self.start(timeout)
@@ -519,7 +517,7 @@ class _Server:
         self._process.resume()
 
     def close(self) -> None:
-        """Stop and remove the temp dir. Safe to call twice."""
+        """Kill the server and remove its temp dir. Safe to call twice."""
         if self._closed:
             return
         self._closed = True
@@ -573,16 +571,16 @@ class EtcdServer(_Server):
     def __init__(
         self,
         version: str = "3.5",
-        tls: Optional[TLSFiles] = None,
+        tls: TLSFiles | None = None,
         client_cert_auth: bool = False,
         *,
         name: str = "default",
-        port: Optional[int] = None,
-        peer_port: Optional[int] = None,
-        initial_cluster: Optional[str] = None,
+        port: int | None = None,
+        peer_port: int | None = None,
+        initial_cluster: str | None = None,
         cluster_token: str = "waypost-test",
         extra_args: Sequence[str] = (),
-        workdir: Optional[str] = None,
+        workdir: str | None = None,
         start_timeout: float = DEFAULT_START_TIMEOUT,
     ):
         if version not in _ETCD_BINARIES:
@@ -618,30 +616,46 @@ class EtcdServer(_Server):
         self.port = free_port()
         self.peer_port = free_port()
 
-    def _argv(self) -> List[str]:
+    def _argv(self) -> list[str]:
         argv = [
             self.binary,
-            "--name", self.name,
-            "--data-dir", str(self.data_dir),
-            "--listen-client-urls", self.client_url,
-            "--advertise-client-urls", self.client_url,
-            "--listen-peer-urls", self.peer_url,
-            "--initial-advertise-peer-urls", self.peer_url,
-            "--initial-cluster", self.initial_cluster or f"{self.name}={self.peer_url}",
-            "--initial-cluster-state", "new",
-            "--initial-cluster-token", self.cluster_token,
-            "--heartbeat-interval", "10",
-            "--election-timeout", "50",
-            "--logger", "zap",
-            "--log-level", "warn",
+            "--name",
+            self.name,
+            "--data-dir",
+            str(self.data_dir),
+            "--listen-client-urls",
+            self.client_url,
+            "--advertise-client-urls",
+            self.client_url,
+            "--listen-peer-urls",
+            self.peer_url,
+            "--initial-advertise-peer-urls",
+            self.peer_url,
+            "--initial-cluster",
+            self.initial_cluster or f"{self.name}={self.peer_url}",
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            self.cluster_token,
+            "--heartbeat-interval",
+            "10",
+            "--election-timeout",
+            "50",
+            "--logger",
+            "zap",
+            "--log-level",
+            "warn",
         ]
         if self.version == "3.5":
             argv += ["--unsafe-no-fsync"]
         if self.tls:
             argv += [
-                "--cert-file", self.tls.server_cert,
-                "--key-file", self.tls.server_key,
-                "--trusted-ca-file", self.tls.ca,
+                "--cert-file",
+                self.tls.server_cert,
+                "--key-file",
+                self.tls.server_key,
+                "--trusted-ca-file",
+                self.tls.ca,
             ]
             if self.client_cert_auth:
                 argv += ["--client-cert-auth"]
@@ -649,8 +663,7 @@ class EtcdServer(_Server):
 
     def _env(self) -> dict:
         # Don't let ETCD_* variables from the environment change the config.
-        return {k: v for k, v in os.environ.items()
-                if not k.startswith("ETCD_") or k == "ETCD_UNSUPPORTED_ARCH"}
+        return {k: v for k, v in os.environ.items() if not k.startswith("ETCD_") or k == "ETCD_UNSUPPORTED_ARCH"}
 
     def _ready(self) -> bool:
         status, body = _http_get(self.port, "/health", self.tls)
@@ -659,8 +672,7 @@ class EtcdServer(_Server):
     def status(self, timeout: float = 2.0) -> dict:
         """``/v3/maintenance/status`` (JSON gateway): ``header.member_id``,
         ``leader``, ``raftTerm``, ``version``... (ids are decimal strings)."""
-        status, body = _http_request(self.port, "POST", "/v3/maintenance/status", b"{}",
-                                     self.tls, timeout=timeout)
+        status, body = _http_request(self.port, "POST", "/v3/maintenance/status", b"{}", self.tls, timeout=timeout)
         if status != 200:
             raise ServerError(f"etcd status on {self.endpoint}: HTTP {status}: {body[:200]!r}")
         st = json.loads(body)
@@ -687,7 +699,7 @@ class EtcdCluster:
         self,
         size: int = 3,
         version: str = "3.5",
-        tls: Optional[TLSFiles] = None,
+        tls: TLSFiles | None = None,
         client_cert_auth: bool = False,
         start_timeout: float = DEFAULT_START_TIMEOUT,
     ):
@@ -699,7 +711,7 @@ class EtcdCluster:
         self.client_cert_auth = client_cert_auth
         self.start_timeout = start_timeout
         self.workdir = Path(tempfile.mkdtemp(prefix="waypost-etcd-cluster-"))
-        self.members: List[EtcdServer] = []
+        self.members: list[EtcdServer] = []
         self._closed = False
         self._token_n = 0
 
@@ -715,14 +727,20 @@ class EtcdCluster:
             shutil.rmtree(wd, ignore_errors=True)
             self.members.append(
                 EtcdServer(
-                    self.version, self.tls, self.client_cert_auth,
-                    name=f"m{i}", port=cp, peer_port=pp, initial_cluster=initial,
+                    self.version,
+                    self.tls,
+                    self.client_cert_auth,
+                    name=f"m{i}",
+                    port=cp,
+                    peer_port=pp,
+                    initial_cluster=initial,
                     cluster_token=f"waypost-cluster-{os.getpid()}-{self._token_n}",
-                    workdir=str(wd), start_timeout=self.start_timeout,
+                    workdir=str(wd),
+                    start_timeout=self.start_timeout,
                 )
             )
 
-    def start(self, timeout: Optional[float] = None) -> "EtcdCluster":
+    def start(self, timeout: float | None = None) -> EtcdCluster:
         if self._closed:
             raise ServerError("etcd cluster was closed")
         timeout = self.start_timeout if timeout is None else timeout
@@ -771,7 +789,7 @@ class EtcdCluster:
                     if lid in ids and ids[lid] in live:
                         return ids[lid]
                 last = leaders
-            except Exception as e:  # noqa: BLE001 - not settled yet
+            except Exception as e:
                 last = e
             if time.monotonic() >= deadline:
                 raise ServerError(f"etcd cluster has no agreed leader after {timeout}s (last: {last!r})")
@@ -794,14 +812,14 @@ class EtcdCluster:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     @property
-    def endpoints(self) -> List[str]:
+    def endpoints(self) -> list[str]:
         return [m.endpoint for m in self.members]
 
     @property
     def url(self) -> str:
         return f"{'etcds' if self.tls else 'etcd'}://{','.join(self.endpoints)}"
 
-    def __enter__(self) -> "EtcdCluster":
+    def __enter__(self) -> EtcdCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -814,6 +832,7 @@ class EtcdCluster:
 # ---------------------------------------------------------------------------
 # Redis
 # ---------------------------------------------------------------------------
+
 
 def _resp_command(*args: str) -> bytes:
     out = [b"*%d\r\n" % len(args)]
@@ -855,9 +874,9 @@ class RedisServer(_Server):
 
     def __init__(
         self,
-        password: Optional[str] = None,
-        acl_user: Optional[Tuple[str, str, str]] = None,
-        tls: Optional[TLSFiles] = None,
+        password: str | None = None,
+        acl_user: tuple[str, str, str] | None = None,
+        tls: TLSFiles | None = None,
         *,
         client_cert_auth: bool = False,
         acl_commands: str = "+@all",
@@ -937,15 +956,13 @@ class RedisServer(_Server):
             lines.append("user default off")
         if self.acl_user:
             user, pw, pattern = self.acl_user
-            lines.append(
-                f"user {user} on >{pw} resetkeys ~{pattern} resetchannels &{pattern} {self.acl_commands}"
-            )
+            lines.append(f"user {user} on >{pw} resetkeys ~{pattern} resetchannels &{pattern} {self.acl_commands}")
         if self.extra_config:
             lines.append(self.extra_config)
         self.config_path.write_text("\n".join(lines) + "\n")
         os.chmod(self.config_path, 0o600)
 
-    def _argv(self) -> List[str]:
+    def _argv(self) -> list[str]:
         return [self.binary, str(self.config_path)]
 
     def _connect(self, timeout: float = 2.0):
@@ -982,6 +999,7 @@ class RedisServer(_Server):
 # Consul
 # ---------------------------------------------------------------------------
 
+
 class ConsulServer(_Server):
     """A real Consul 1.8 agent in ``-dev`` mode (in-memory: a restart loses
     all state), loopback-only, with DNS, gRPC and serf WAN disabled.
@@ -1002,11 +1020,11 @@ class ConsulServer(_Server):
 
     def __init__(
         self,
-        tls: Optional[TLSFiles] = None,
-        acl_token: Optional[str] = None,
+        tls: TLSFiles | None = None,
+        acl_token: str | None = None,
         *,
         client_cert_auth: bool = False,
-        session_ttl_min: Optional[str] = None,
+        session_ttl_min: str | None = None,
         node_name: str = "waypost-test",
         datacenter: str = "dc1",
         extra_hcl: str = "",
@@ -1022,8 +1040,8 @@ class ConsulServer(_Server):
         self.extra_hcl = extra_hcl
         self.config_path = self.workdir / "consul.hcl"
         self.data_dir = self.workdir / "data"
-        self.server_port: Optional[int] = None
-        self.serf_lan_port: Optional[int] = None
+        self.server_port: int | None = None
+        self.serf_lan_port: int | None = None
 
     def _pick_ports(self) -> None:
         self.port = free_port()
@@ -1057,13 +1075,13 @@ class ConsulServer(_Server):
                 f"ca_file = {j(self.tls.ca)}",
                 f"cert_file = {j(self.tls.server_cert)}",
                 f"key_file = {j(self.tls.server_key)}",
-                f"verify_incoming = false",
-                f"verify_incoming_rpc = false",
+                "verify_incoming = false",
+                "verify_incoming_rpc = false",
                 f"verify_incoming_https = {'true' if self.client_cert_auth else 'false'}",
             ]
         if self.acl_token:
             lines.append(
-                "acl { enabled = true, default_policy = \"deny\", "
+                'acl { enabled = true, default_policy = "deny", '
                 "enable_token_persistence = false, "
                 f"tokens {{ master = {j(self.acl_token)}, agent = {j(self.acl_token)} }} }}"
             )
@@ -1072,17 +1090,27 @@ class ConsulServer(_Server):
         self.config_path.write_text("\n".join(lines) + "\n")
         os.chmod(self.config_path, 0o600)
 
-    def _argv(self) -> List[str]:
+    def _argv(self) -> list[str]:
         return [
-            self.binary, "agent", "-dev",
-            "-bind", HOST,
-            "-client", HOST,
-            "-serf-lan-bind", HOST,
-            "-dns-port", "-1",
-            "-grpc-port", "-1",
-            "-serf-wan-port", "-1",
-            "-log-level", "info",
-            "-config-file", str(self.config_path),
+            self.binary,
+            "agent",
+            "-dev",
+            "-bind",
+            HOST,
+            "-client",
+            HOST,
+            "-serf-lan-bind",
+            HOST,
+            "-dns-port",
+            "-1",
+            "-grpc-port",
+            "-1",
+            "-serf-wan-port",
+            "-1",
+            "-log-level",
+            "info",
+            "-config-file",
+            str(self.config_path),
         ]
 
     def _env(self) -> dict:
@@ -1094,7 +1122,7 @@ class ConsulServer(_Server):
     def _headers(self) -> dict:
         return {"X-Consul-Token": self.acl_token} if self.acl_token else {}
 
-    def http_get(self, path: str, timeout: float = 2.0) -> Tuple[int, bytes]:
+    def http_get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
         """GET ``path`` on the agent's HTTP(S) API (with the ACL token if any)."""
         return _http_get(self.port, path, self.tls, self._headers(), timeout)
 
@@ -1118,55 +1146,82 @@ class ConsulServer(_Server):
 # pytest fixtures (re-exportable from tests/conftest.py)
 # ---------------------------------------------------------------------------
 
-try:
-    import pytest as _pytest
-except ImportError:  # pragma: no cover - fixtures are only for pytest runs
-    _pytest = None
 
-if _pytest is not None:
+@pytest.fixture
+def tls_files(tmp_path) -> TLSFiles:
+    """A fresh CA + server/client certs (needs ``trustme``)."""
+    pytest.importorskip("trustme")
+    return make_tls(tmp_path / "tls")
 
-    @_pytest.fixture
-    def tls_files(tmp_path) -> TLSFiles:
-        """A fresh CA + server/client certs (needs ``trustme``)."""
-        _pytest.importorskip("trustme")
-        return make_tls(tmp_path / "tls")
 
-    @_pytest.fixture(scope="session")
-    def etcd_server():
-        """One etcd 3.5 shared by the session (use unique key prefixes)."""
-        with EtcdServer() as s:
-            yield s
+@pytest.fixture(scope="session")
+def etcd_server():
+    """One etcd 3.5 shared by the session (use unique key prefixes)."""
+    with EtcdServer() as s:
+        yield s
 
-    @_pytest.fixture(scope="session")
-    def redis_server():
-        """One Redis shared by the session (use unique key prefixes)."""
-        with RedisServer() as s:
-            yield s
 
-    @_pytest.fixture(scope="session")
-    def consul_server():
-        """One Consul dev agent shared by the session (session_ttl_min 1s)."""
-        with ConsulServer(session_ttl_min="1s") as s:
-            yield s
+@pytest.fixture(scope="session")
+def redis_server():
+    """One Redis shared by the session (use unique key prefixes)."""
+    with RedisServer() as s:
+        yield s
 
-    def _factory(cls):
-        def fixture():
-            made = []
 
-            def make(*args, **kwargs):
-                s = cls(*args, **kwargs)
-                made.append(s)
-                return s.start()
+@pytest.fixture(scope="session")
+def consul_server():
+    """One Consul dev agent shared by the session (session_ttl_min 1s)."""
+    with ConsulServer(session_ttl_min="1s") as s:
+        yield s
 
-            yield make
-            for s in reversed(made):
-                s.close()
 
-        fixture.__name__ = f"{cls.__name__}_factory"
-        return fixture
+def _make_factory(cls):
+    made = []
 
-    etcd_factory = _pytest.fixture(_factory(EtcdServer), name="etcd_factory")
-    etcd_factory.__doc__ = "make(version='3.5', tls=None, client_cert_auth=False, ...) -> started EtcdServer"
-    etcd_cluster_factory = _pytest.fixture(_factory(EtcdCluster), name="etcd_cluster_factory")
-    redis_factory = _pytest.fixture(_factory(RedisServer), name="redis_factory")
-    consul_factory = _pytest.fixture(_factory(ConsulServer), name="consul_factory")
+    def make(*args, **kwargs):
+        s = cls(*args, **kwargs)
+        made.append(s)
+        return s.start()
+
+    return make, made
+
+
+def _close_all(made) -> None:
+    for s in reversed(made):
+        s.close()
+
+
+@pytest.fixture
+def etcd_factory():
+    """``make(version="3.5", tls=None, client_cert_auth=False, **kw)`` -> started
+    :class:`EtcdServer`, closed at the end of the test."""
+    make, made = _make_factory(EtcdServer)
+    yield make
+    _close_all(made)
+
+
+@pytest.fixture
+def etcd_cluster_factory():
+    """``make(size=3, version="3.5", tls=None, client_cert_auth=False)`` -> started
+    :class:`EtcdCluster`, closed at the end of the test."""
+    make, made = _make_factory(EtcdCluster)
+    yield make
+    _close_all(made)
+
+
+@pytest.fixture
+def redis_factory():
+    """``make(password=None, acl_user=None, tls=None, **kw)`` -> started
+    :class:`RedisServer`, closed at the end of the test."""
+    make, made = _make_factory(RedisServer)
+    yield make
+    _close_all(made)
+
+
+@pytest.fixture
+def consul_factory():
+    """``make(tls=None, acl_token=None, **kw)`` -> started :class:`ConsulServer`,
+    closed at the end of the test."""
+    make, made = _make_factory(ConsulServer)
+    yield make
+    _close_all(made)

@@ -13,7 +13,7 @@ asyncio facade and ``waypost.core`` the backend SPI.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 from .core._client import Client
 from .core._errors import (
@@ -40,7 +40,7 @@ from .core._spi import Capability
 from .core._watch import Watch
 from .core.hookspecs import hookimpl
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from .contrib import aio
 
 __version__ = "0.1.0"
@@ -85,7 +85,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     # The asyncio facade is imported on first use so `import waypost` stays light.
     if name == "aio":
         from .contrib import aio

@@ -33,8 +33,6 @@ from ._spi import Backend, Capability, Lease, Option, ParsedURL, WatchHandle, Wa
 from .hookspecs import hookimpl
 
 __all__ = [
-    "KEY_ROOT",
-    "RUNTIME_OPTIONS",
     "AlreadyRegistered",
     "AuthenticationError",
     "Backend",
@@ -46,12 +44,14 @@ __all__ = [
     "CodecError",
     "ConfigError",
     "InvalidName",
+    "KEY_ROOT",
     "Lease",
     "LeaseLost",
     "NoInstances",
     "NotFound",
     "Option",
     "ParsedURL",
+    "RUNTIME_OPTIONS",
     "WatchHandle",
     "WatchSink",
     "WaypostError",

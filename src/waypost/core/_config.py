@@ -72,9 +72,10 @@ def _parse_host(text: str, url: str, scheme: str) -> tuple[str, int | None]:
 
 
 def _redact_raw(url: object) -> object:
-    if isinstance(url, str) and "@" in url and "://" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    """Hide anything that may be userinfo (before the last ``@``) in a URL we could not parse."""
+    if isinstance(url, str) and "@" in url:
+        scheme, sep, _ = url.partition("://")
+        return f"{scheme}{sep}***@{url.rpartition('@')[2]}" if sep else f"***@{url.rpartition('@')[2]}"
     return url
 
 
@@ -146,8 +147,9 @@ def resolve_options(
         try:
             result[name] = opt.parse(raw)
         except (TypeError, ValueError) as exc:
-            shown = "" if opt.secret else f"={raw!r}"
-            raise ConfigError(f"invalid {origin}{shown}: {exc}") from None
+            if opt.secret:  # the parser's message may quote the value
+                raise ConfigError(f"invalid {origin} (value hidden): {opt.help or 'see the backend docs'}") from None
+            raise ConfigError(f"invalid {origin}={raw!r}: {exc}") from None
     return result
 
 
@@ -158,7 +160,7 @@ def parse_float(minimum: float | None = None, maximum: float | None = None) -> C
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise ValueError("expected a number") from None
+            number = math.nan
         if math.isnan(number) or (minimum is not None and number < minimum) or (
             maximum is not None and number > maximum
         ):

@@ -17,7 +17,12 @@ has no server: it declares neither ``cross-host`` nor a ``server`` in the
 harness). Everything else must pass.
 """
 
-from ._harness import Harness, ServerControl
-from ._suite import BackendConformance
+import pytest
+
+# Plain asserts in the suite give pytest's detailed messages to any project that runs it.
+pytest.register_assert_rewrite("waypost.contrib.conformance._suite", "waypost.contrib.conformance._harness")
+
+from ._harness import Harness, ServerControl  # noqa: E402
+from ._suite import BackendConformance  # noqa: E402
 
 __all__ = ["BackendConformance", "Harness", "ServerControl"]

@@ -38,7 +38,6 @@ class _LeaseEvents:
         self.calls.append((old_instance_id, new_instance_id, reason))
 
 
-@pytest.mark.waypost_conformance
 class BackendConformance:
     """Every test a waypost backend must pass. Provide a ``harness`` fixture."""
 

@@ -1,0 +1,126 @@
+"""Shared helpers of the benchmark harness: names, values, timing and results.
+
+Everything written to a store here is a valid Dynamo endpoint instance: the
+same key (``v1/instances/{ns}/{comp}/{ep}/{id:x}``) and the same compact JSON
+value for waypost, for the raw client and (as tooz capabilities) for tooz.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_DIR = Path(__file__).resolve().parent
+NAMESPACE = "bench"
+TRANSPORT_ADDRESS = "127.0.0.1:42043/6f64a219dfbb2106/bench/backend/generate"
+
+
+def instance_key(namespace: str, component: str, endpoint: str, instance_id: int) -> str:
+    return f"v1/instances/{namespace}/{component}/{endpoint}/{instance_id:x}"
+
+
+def instance_dict(namespace: str, component: str, endpoint: str, instance_id: int) -> dict[str, Any]:
+    """The value every implementation writes: Dynamo's field order, compact JSON."""
+    return {
+        "type": "Endpoint",
+        "component": component,
+        "endpoint": endpoint,
+        "namespace": namespace,
+        "instance_id": instance_id,
+        "transport": {"tcp": TRANSPORT_ADDRESS},
+        "device_type": "cuda",
+        "request_plane_codec": "msgpack",
+    }
+
+
+def encode(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def instance_ids(count: int, seed: int = 1) -> list[int]:
+    """``count`` distinct non-zero u64 ids, deterministic (no store picks them)."""
+    base = 0x1000_0000_0000_0000 + seed * 0x10_0000_0000
+    return [base + i + 1 for i in range(count)]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.005) -> None:
+    """Poll ``predicate`` until true or raise ``TimeoutError`` naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(samples)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+# ---------------------------------------------------------------------------
+# custom metrics (latencies measured across processes, rates, bytes) go into
+# the pytest-benchmark JSON under "waypost_metrics" (see conftest.py)
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Metric:
+    op: str  # e.g. "watch_p50", "crash_detect", "keepalive_ops", "import", "client_mem"
+    backend: str
+    impl: str  # "waypost" | "raw" | "tooz"
+    value: float  # the median (or the one figure)
+    unit: str  # "s", "ops/s", "B", ...
+    n: int | None = None
+    samples: list[float] = field(default_factory=list)
+    note: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {"op": self.op, "backend": self.backend, "impl": self.impl, "value": self.value,
+                "unit": self.unit, "n": self.n, "samples": self.samples, "note": self.note}
+
+
+class MetricStore:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.metrics: list[Metric] = []
+        self.notes: list[str] = []
+
+    def add(self, metric: Metric) -> None:
+        with self._lock:
+            self.metrics.append(metric)
+        print(f"\n[metric] {metric.op} {metric.backend} {metric.impl} n={metric.n}: "
+              f"{metric.value:.6g} {metric.unit}", file=sys.stderr)
+
+    def note(self, text: str) -> None:
+        with self._lock:
+            if text not in self.notes:
+                self.notes.append(text)
+
+    def median(self, op: str, backend: str, impl: str, samples: list[float], unit: str,
+               n: int | None = None, note: str = "") -> Metric:
+        metric = Metric(op, backend, impl, statistics.median(samples), unit, n, list(samples), note)
+        self.add(metric)
+        return metric
+
+
+METRICS = MetricStore()
+
+
+def python_env() -> dict[str, str]:
+    """Environment for worker subprocesses: this interpreter's, with benchmarks/ importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(BENCH_DIR), str(REPO / "tests"), env.get("PYTHONPATH", "")) if p
+    )
+    env.pop("WAYPOST_URL", None)
+    return env

@@ -1,0 +1,681 @@
+"""Redis backend: ``redis://`` and ``rediss://`` (TLS), on redis-py (+ hiredis).
+
+URL grammar
+    ``redis://[USER[:PASSWORD]@]HOST[:PORT][/DB]`` — one Redis server (default
+    port 6379, database 0). ``rediss://`` speaks TLS. Percent-encode special
+    characters in the user and password. Sentinel and Redis Cluster are not
+    supported (the scripts touch several keys that are not hash-tagged).
+
+Options (keyword > URL query > environment > default)
+    ``timeout``        socket connect/read timeout in seconds (default 5); every
+                       call fails with :class:`BackendUnavailable` within it.
+    ``prefix``         prefix of every Redis key the backend uses (default
+                       ``waypost:``); Runtimes see each other only with the same
+                       prefix and database.
+    ``history``        approximate length of the change log (default 10000
+                       changes; Redis trims it in whole blocks, so it may hold
+                       up to ~100 more). A watcher disconnected for longer than
+                       the log covers re-lists and emits a ``Resynced`` notice.
+    ``username``, ``password``  ACL user and password (``password`` is secret);
+                       default: the URL's user info. A password without a user
+                       authenticates as Redis's ``default`` user.
+    ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``  PEM files for
+                       ``rediss://`` (CA bundle to verify the server, and an
+                       optional client certificate). The server's certificate
+                       must match the host name in the URL.
+
+Data layout (``P`` = ``prefix``; every key and value is the design's §3 wire format)
+    ``P+"index"``      sorted set, all scores 0: instance keys, so that a list
+                       under any query prefix is one ``ZRANGEBYLEX`` (no SCAN).
+    ``P+"values"``     hash: instance key → JSON value (bytes as written).
+    ``P+"owners"``     hash: instance key → lease id.
+    ``P+"leases"``     sorted set: lease id (decimal) → deadline in ms of the
+                       *server's* clock (``TIME``), so client clocks never matter.
+    ``P+"lease:"+ID``  set: the instance keys lease ``ID`` owns.
+    ``P+"log"``        stream: the change log, one entry per put or delete
+                       (fields ``s`` sequence number, ``e`` epoch, ``o`` put|del,
+                       ``k`` key, ``v`` value), ``XADD MAXLEN ~ history``.
+    ``P+"seq"``        counter: sequence number of the last change.
+    ``P+"epoch"``      random id of this incarnation of the data: a server
+                       restarted without persistence (or flushed) gets a new one.
+
+    Every operation is one Lua script (``EVALSHA``), so a change and its log
+    entry are written in the same atomic step. Lease ids are random non-zero
+    u64; ``instance_id`` may be chosen (refused while a live lease holds it).
+
+Leases, expiry and the bound on crash detection
+    A Runtime's keepalive (every ttl/3) moves its deadline to server-now + ttl.
+    Redis itself expires nothing (no key TTLs, no keyspace notifications, no
+    ``CONFIG SET``): every script first *reaps* expired leases — it deletes
+    their instances and logs the deletes. Scripts run on every keepalive
+    (ttl/3), every list, and every watch poll (each watch polls at least every
+    min(ttl/4, 0.5 s)). Hence a crashed process is never listed after its
+    deadline (at most ttl after its last keepalive), and a watcher sees it
+    removed within ttl + min(ttl/4, 0.5 s) + one round trip of the crash —
+    provided some waypost Runtime or watch uses the same Redis and prefix. If
+    none is connected, the registration stays until the next one connects
+    (hence no ``server-expiry`` capability).
+
+Watch
+    One script returns the snapshot under the prefix together with the epoch,
+    sequence number and last log id, atomically. A thread then follows the log
+    with ``XREAD BLOCK`` (on its own connection) and polls a script between
+    reads that reaps, checks the epoch and checks that the next change is still
+    in the log. A changed epoch, a trimmed log or a gap in the sequence numbers
+    makes the watch re-list and emit the minimal diff plus ``Resynced``. When
+    Redis cannot be reached the watch reports ``Interrupted`` within
+    ``timeout`` + 0.5 s, retries with backoff (up to 2 s) and then resumes from
+    the log (or re-lists). Pub/sub is not used: ``XREAD BLOCK`` is the wake-up.
+
+ACL
+    A user limited to the prefix works; the narrowest rule is::
+
+        user waypost on >PASSWORD resetkeys ~waypost:* resetchannels -@all
+          +ping +auth +hello +select +evalsha +eval +script|load +xread
+          +time +get +set +incr +zadd +zrem +zscore +zrangebyscore +zrangebylex
+          +hget +hset +hdel +hmget +sadd +srem +smembers +del +xadd +xrange +xrevrange
+
+    (or simply ``+@read +@write +@scripting +@stream +@connection +time``).
+    No channels are needed.
+
+Caveats
+    Use a ``maxmemory-policy`` that never evicts these keys (``noeviction`` or
+    a ``volatile-*`` policy; the keys have no TTL). Without persistence a Redis
+    restart loses everything: every Runtime's next keepalive gets
+    :class:`LeaseLost` and re-registers (the core does that), and watchers
+    resync on the new epoch. A replica promoted by failover may have lost the
+    last writes; watchers then resync only if the epoch or log shows it. The
+    change log stores values, so ``history`` times the value size bounds its memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+from waypost.core import (
+    AlreadyRegistered,
+    AuthenticationError,
+    Backend,
+    BackendNotInstalled,
+    BackendUnavailable,
+    Capability,
+    Closed,
+    ConfigError,
+    Lease,
+    LeaseLost,
+    Option,
+    ParsedURL,
+    WatchHandle,
+    WatchSink,
+    WaypostError,
+    hookimpl,
+    parse_float,
+    parse_int,
+    parse_str,
+    random_instance_id,
+)
+
+try:
+    import redis
+    import redis.exceptions as rexc
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise BackendNotInstalled(
+        f"the redis:// backend needs redis-py ({exc}): pip install 'waypost[redis]'"
+    ) from exc
+
+__all__ = ["RedisBackend"]
+
+_log = logging.getLogger("waypost")
+
+DEFAULT_PORT = 6379
+MAX_WATCH_BLOCK = 0.5  # seconds a watch waits in XREAD before polling (and reaping) again
+MAX_BACKOFF = 2.0  # seconds between a failing watch's retries, at most
+READ_BATCH = 1000  # log entries read per round trip
+
+# Lua ------------------------------------------------------------------------------
+# Every script starts with this prelude. ARGV[1] = key prefix, ARGV[2] = a fresh
+# random epoch (stored only if the data has none yet), ARGV[3] = change-log length;
+# each script's own arguments start at ARGV[4].
+_PRELUDE = r"""
+local P = ARGV[1]
+local LEASES = P .. 'leases'  -- zset: lease id -> deadline (ms, server clock)
+local INDEX = P .. 'index'    -- zset, all scores 0: instance keys in lexicographic order
+local VALUES = P .. 'values'  -- hash: instance key -> value
+local OWNERS = P .. 'owners'  -- hash: instance key -> lease id
+local LOG = P .. 'log'        -- stream: the change log
+local SEQ = P .. 'seq'        -- counter: sequence number of the last change
+local EPOCH = P .. 'epoch'    -- string: this incarnation of the data
+
+local function lease_keys(lease) return P .. 'lease:' .. lease end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A restart without persistence (or a flush) loses the epoch; watchers that
+-- remember another one know their position in the log means nothing any more.
+local function epoch()
+  local e = redis.call('GET', EPOCH)
+  if not e then
+    e = ARGV[2]
+    redis.call('SET', EPOCH, e)
+  end
+  return e
+end
+
+-- Append a change to the log, in the same atomic step as the change itself.
+local function log(op, key, value)
+  local seq = redis.call('INCR', SEQ)
+  redis.call('XADD', LOG, 'MAXLEN', '~', ARGV[3], '*',
+             's', seq, 'e', epoch(), 'o', op, 'k', key, 'v', value)
+end
+
+local function put(lease, key, value)
+  redis.call('ZADD', INDEX, 0, key)
+  redis.call('HSET', VALUES, key, value)
+  redis.call('HSET', OWNERS, key, lease)
+  redis.call('SADD', lease_keys(lease), key)
+  log('put', key, value)
+end
+
+local function remove(key)
+  redis.call('ZREM', INDEX, key)
+  redis.call('HDEL', VALUES, key)
+  redis.call('HDEL', OWNERS, key)
+  log('del', key, '')
+end
+
+local function drop_lease(lease)
+  for _, key in ipairs(redis.call('SMEMBERS', lease_keys(lease))) do
+    if redis.call('HGET', OWNERS, key) == lease then remove(key) end
+  end
+  redis.call('DEL', lease_keys(lease))
+  redis.call('ZREM', LEASES, lease)
+end
+
+-- Drop expired leases with their instances: a bounded batch per call keeps every
+-- script short; the next call (at most a poll period away) takes the rest.
+local function reap(now)
+  for _, lease in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, 100)) do
+    drop_lease(lease)
+  end
+end
+
+-- Is the lease live? An expired one is dropped on the spot, so that a key it
+-- owned can never be revived by a new lease that reuses the id.
+local function live(lease, now)
+  local deadline = redis.call('ZSCORE', LEASES, lease)
+  if not deadline then return false end
+  if tonumber(deadline) > now then return true end
+  drop_lease(lease)
+  return false
+end
+
+-- Keys and values under a key prefix, in order: one ZRANGEBYLEX, then HMGET in
+-- chunks (Lua's unpack has a stack limit).
+local function items(prefix)
+  local keys = redis.call('ZRANGEBYLEX', INDEX, '[' .. prefix, '(' .. prefix .. '\255')
+  local values = {}
+  for i = 1, #keys, 1000 do
+    local chunk = redis.call('HMGET', VALUES, unpack(keys, i, math.min(i + 999, #keys)))
+    for j = 1, #chunk do values[#values + 1] = chunk[j] end
+  end
+  return {keys, values}
+end
+"""
+
+# ARGV[4] lease id, ARGV[5] ttl in ms -> 1 granted, 0 held by a live lease
+_GRANT = r"""
+local now = now_ms()
+reap(now)
+if live(ARGV[4], now) then return 0 end
+redis.call('ZADD', LEASES, now + tonumber(ARGV[5]), ARGV[4])
+epoch()
+return 1
+"""
+
+# ARGV[4] lease id, ARGV[5] ttl in ms -> 1 refreshed, 0 lost
+_KEEPALIVE = r"""
+local now = now_ms()
+reap(now)
+if not live(ARGV[4], now) then return 0 end
+redis.call('ZADD', LEASES, 'XX', now + tonumber(ARGV[5]), ARGV[4])
+return 1
+"""
+
+# ARGV[4] lease id, ARGV[5] key, ARGV[6] value -> 'ok' | 'lost' | 'exists'
+_CREATE = r"""
+local now = now_ms()
+reap(now)
+local lease, key, value = ARGV[4], ARGV[5], ARGV[6]
+if not live(lease, now) then return 'lost' end
+local owner = redis.call('HGET', OWNERS, key)
+if owner and live(owner, now) then
+  -- The same create retried after a lost reply changed nothing: not a conflict.
+  if owner == lease and redis.call('HGET', VALUES, key) == value then return 'ok' end
+  return 'exists'
+end
+put(lease, key, value)
+return 'ok'
+"""
+
+# ARGV[4] lease id, ARGV[5] key, ARGV[6] value -> 'ok' | 'lost' | 'exists'
+_REPLACE = r"""
+local now = now_ms()
+reap(now)
+local lease, key, value = ARGV[4], ARGV[5], ARGV[6]
+if not live(lease, now) then return 'lost' end
+local owner = redis.call('HGET', OWNERS, key)
+if owner and owner ~= lease and live(owner, now) then return 'exists' end
+if owner == lease and redis.call('HGET', VALUES, key) == value then return 'ok' end
+put(lease, key, value)
+return 'ok'
+"""
+
+# ARGV[4] lease id, ARGV[5] key -> 'ok' (a key the lease does not own is left alone)
+_DELETE = r"""
+local lease, key = ARGV[4], ARGV[5]
+if redis.call('HGET', OWNERS, key) == lease then
+  remove(key)
+  redis.call('SREM', lease_keys(lease), key)
+end
+return 'ok'
+"""
+
+# ARGV[4] lease id -> 'ok'
+_REVOKE = r"""
+drop_lease(ARGV[4])
+return 'ok'
+"""
+
+# ARGV[4] key prefix -> {keys, values}
+_LIST = r"""
+reap(now_ms())
+return items(ARGV[4])
+"""
+
+# ARGV[4] key prefix -> {keys, values, epoch, seq, last log id}
+_SNAPSHOT = r"""
+reap(now_ms())
+local result = items(ARGV[4])
+local last = redis.call('XREVRANGE', LOG, '+', '-', 'COUNT', 1)[1]
+result[3] = epoch()
+result[4] = redis.call('GET', SEQ) or '0'
+result[5] = last and last[1] or '0-0'
+return result
+"""
+
+# ARGV[4] watcher's epoch, ARGV[5] its last seq, ARGV[6] its last log id, ARGV[7] count
+#   -> {'ok', entries} | {'epoch'} | {'trimmed'}
+_POLL = r"""
+reap(now_ms())
+if epoch() ~= ARGV[4] then return {'epoch'} end
+local seq = tonumber(redis.call('GET', SEQ) or '0')
+local last = tonumber(ARGV[5])
+if seq == last then return {'ok', {}} end
+local first = redis.call('XRANGE', LOG, '-', '+', 'COUNT', 1)[1]
+-- The change right after the watcher's must still be in the log (field 's' is first).
+if seq < last or not first or tonumber(first[2][2]) > last + 1 then return {'trimmed'} end
+return {'ok', redis.call('XRANGE', LOG, '(' .. ARGV[6], '+', 'COUNT', ARGV[7])}
+"""
+
+
+# Options ---------------------------------------------------------------------------
+def _parse_prefix(value: Any) -> str:
+    prefix = parse_str(value)
+    if not prefix:
+        raise ValueError("expected a non-empty key prefix, e.g. 'waypost:'")
+    return prefix
+
+
+def _parse_file(value: Any) -> str:
+    path = parse_str(value)
+    if not os.path.isfile(path):
+        raise ValueError(f"no such file: {path}")
+    return path
+
+
+OPTIONS = (
+    Option("timeout", parse_float(0.1, 3600.0), 5.0, "socket connect/read timeout in seconds"),
+    Option("prefix", _parse_prefix, "waypost:", "prefix of every Redis key used"),
+    Option("history", parse_int(1, 10_000_000), 10_000, "approximate length of the change log"),
+    Option("username", parse_str, None, "ACL user (default: the URL's user)"),
+    Option("password", parse_str, None, "password (default: the URL's password)", secret=True),
+    Option("ssl_ca_certs", _parse_file, None, "CA bundle (PEM) that verifies the server (rediss://)"),
+    Option("ssl_certfile", _parse_file, None, "client certificate (PEM) (rediss://)"),
+    Option("ssl_keyfile", _parse_file, None, "client certificate's key (PEM) (rediss://)"),
+)
+
+
+# Errors: the one boundary where redis-py exceptions become waypost's ------------------
+_UNAVAILABLE_REPLIES = ("LOADING", "MASTERDOWN", "MISCONF", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
+
+
+def _translate(exc: rexc.RedisError, context: str) -> WaypostError:
+    # redis-py's AuthenticationError is a ConnectionError: test it first.
+    if isinstance(exc, rexc.AuthenticationError | rexc.AuthenticationWrongNumberOfArgsError):
+        return AuthenticationError(f"{context}: Redis rejected the credentials ({exc})")
+    if isinstance(exc, rexc.NoPermissionError):
+        return AuthenticationError(
+            f"{context}: the Redis ACL user lacks a permission ({exc}); see the ACL rule in the redis backend docs"
+        )
+    if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | rexc.ReadOnlyError):
+        return BackendUnavailable(f"{context}: {exc}")
+    if isinstance(exc, rexc.ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES):
+        return BackendUnavailable(f"{context}: {exc}")
+    return WaypostError(f"{context}: Redis error: {exc}")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+_Entry = tuple[str, Mapping[bytes, bytes]]  # (log id, fields)
+_Items = list[tuple[str, bytes]]  # (key, value) pairs
+
+
+class RedisBackend(Backend):
+    __doc__ = __doc__
+    schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss")
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({
+        Capability.CROSS_PROCESS, Capability.CROSS_HOST, Capability.TLS, Capability.AUTH,
+        Capability.WATCH_HISTORY, Capability.CHOSEN_INSTANCE_ID,
+    })
+    options: ClassVar[tuple[Option, ...]] = OPTIONS
+    min_ttl: ClassVar[float] = 0.5
+
+    def __init__(self, url: ParsedURL, options: Mapping[str, Any]) -> None:
+        self._url = url
+        self._prefix: str = options["prefix"]
+        self._history: int = options["history"]
+        self._connect_kwargs = _connect_kwargs(url, options)
+        self._ttl = 10.0  # until a lease is granted: only sets the watch poll period
+        self._closed = False
+        self._watches: set[_RedisWatch] = set()
+        self._lock = threading.Lock()
+        self._client = self.new_client(single_connection=False)
+        self._scripts = {name: self._client.register_script(_PRELUDE + body) for name, body in (
+            ("grant", _GRANT), ("keepalive", _KEEPALIVE), ("create", _CREATE), ("replace", _REPLACE),
+            ("delete", _DELETE), ("revoke", _REVOKE), ("list", _LIST), ("snapshot", _SNAPSHOT),
+            ("poll", _POLL))}
+        with self.boundary("connecting"):
+            self._client.ping()
+
+    @classmethod
+    def from_url(cls, url: ParsedURL, options: Mapping[str, Any]) -> RedisBackend:
+        return cls(url, options)
+
+    def describe(self) -> str:
+        return self._url.redacted
+
+    def __repr__(self) -> str:
+        return f"<RedisBackend {self.describe()} prefix={self._prefix!r}>"
+
+    # plumbing ------------------------------------------------------------------------
+    def new_client(self, single_connection: bool) -> redis.Redis:
+        """A client with this backend's settings (a watch gets its own single connection)."""
+        return redis.Redis(single_connection_client=single_connection, **self._connect_kwargs)
+
+    @contextlib.contextmanager
+    def boundary(self, what: str) -> Iterator[None]:
+        """Translate redis-py exceptions raised inside into waypost's, cause chained."""
+        try:
+            yield
+        except rexc.RedisError as exc:
+            raise _translate(exc, f"{what} on {self.describe()}") from exc
+
+    def run(self, script: str, *args: str | bytes | int, client: redis.Redis | None = None) -> Any:
+        """Run a named script (EVALSHA, loading it after a restart) inside the boundary."""
+        if self._closed:
+            raise Closed(f"{self.describe()} backend is closed")
+        argv = (self._prefix, secrets.token_hex(8), self._history, *args)
+        with self.boundary(f"redis {script}"):
+            return self._scripts[script](keys=[], args=argv, client=client)
+
+    # SPI -------------------------------------------------------------------------------
+    def grant_lease(self, ttl: float, preferred_id: int | None = None) -> Lease:
+        self._ttl = ttl
+        for _ in range(16):
+            lease_id = preferred_id or random_instance_id()
+            if self.run("grant", str(lease_id), _ms(ttl)):
+                return Lease(lease_id, ttl)
+            if preferred_id is not None:
+                raise AlreadyRegistered(f"instance id {lease_id:x} is held by a live Runtime")
+        raise WaypostError("could not find a free random lease id in 16 tries")  # pragma: no cover
+
+    def keep_alive(self, lease: Lease) -> None:
+        if not self.run("keepalive", str(lease.id), _ms(lease.ttl)):
+            raise LeaseLost(f"redis lease {lease.id:x} has expired or was revoked")
+
+    def revoke_lease(self, lease_id: int) -> None:
+        self.run("revoke", str(lease_id))
+
+    def create(self, lease: Lease, key: str, value: bytes) -> None:
+        self._check_write(self.run("create", str(lease.id), key, value), lease, key)
+
+    def replace(self, lease: Lease, key: str, value: bytes) -> None:
+        self._check_write(self.run("replace", str(lease.id), key, value), lease, key)
+
+    def delete(self, lease: Lease, key: str) -> None:
+        self.run("delete", str(lease.id), key)
+
+    def list(self, prefix: str) -> list[tuple[str, bytes]]:
+        keys, values = self.run("list", prefix)
+        return _pairs(keys, values)
+
+    def watch(self, prefix: str, sink: WatchSink) -> WatchHandle:
+        watch = _RedisWatch(self, prefix, sink, block=min(self._ttl / 4, MAX_WATCH_BLOCK))
+        with self._lock:
+            self._watches.add(watch)
+        return watch
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            watches = list(self._watches)
+        for watch in watches:
+            watch.close()
+        self._client.close()
+
+    # used by watches ---------------------------------------------------------------------
+    def snapshot(self, prefix: str, client: redis.Redis) -> tuple[_Items, _Position]:
+        keys, values, epoch, seq, last_id = self.run("snapshot", prefix, client=client)
+        return _pairs(keys, values), _Position(_text(epoch), int(seq), _text(last_id))
+
+    def forget(self, watch: _RedisWatch) -> None:
+        with self._lock:
+            self._watches.discard(watch)
+
+    @staticmethod
+    def _check_write(result: Any, lease: Lease, key: str) -> None:
+        status = _text(result)
+        if status == "lost":
+            raise LeaseLost(f"redis lease {lease.id:x} has expired or was revoked")
+        if status == "exists":
+            raise AlreadyRegistered(f"{key} is already registered by another Runtime")
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _pairs(keys: Sequence[bytes], values: Sequence[bytes | None]) -> list[tuple[str, bytes]]:
+    # A key without a value can only come from a foreign writer: skip it.
+    return [(key.decode(), value) for key, value in zip(keys, values, strict=True) if value is not None]
+
+
+def _connect_kwargs(url: ParsedURL, options: Mapping[str, Any]) -> dict[str, Any]:
+    if len(url.hosts) > 1:
+        raise ConfigError(f"{url.scheme}:// takes one host[:port], got {len(url.hosts)}")
+    host, port = url.hosts[0] if url.hosts else ("127.0.0.1", None)
+    db_text = url.path.strip("/") or "0"
+    if not db_text.isdigit():
+        raise ConfigError(f"invalid database {url.path!r} in {url.redacted}: expected /N, e.g. /0")
+    tls = url.scheme == "rediss"
+    ssl_options = {name: options[name] for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")}
+    if not tls and any(ssl_options.values()):
+        raise ConfigError("ssl_* options need a rediss:// URL")
+    timeout: float = options["timeout"]
+    kwargs: dict[str, Any] = {
+        "host": host or "127.0.0.1", "port": port or DEFAULT_PORT, "db": int(db_text),
+        "username": options["username"] or url.username, "password": options["password"] or url.password,
+        "socket_timeout": timeout, "socket_connect_timeout": timeout,
+        # One immediate retry on a broken connection (a pooled socket the server closed,
+        # e.g. after a restart); never on a timeout, which would double the bound.
+        "retry": Retry(NoBackoff(), 1, supported_errors=(rexc.ConnectionError,)),
+        "driver_info": None,  # no CLIENT SETINFO: a narrow ACL user may not have it
+    }
+    if tls:
+        kwargs |= {"ssl": True, "ssl_cert_reqs": "required", **ssl_options}
+    return kwargs
+
+
+class _Position:
+    """Where a watch is in the change log."""
+
+    __slots__ = ("epoch", "last_id", "seq")
+
+    def __init__(self, epoch: str, seq: int, last_id: str) -> None:
+        self.epoch = epoch
+        self.seq = seq
+        self.last_id = last_id
+
+
+class _Stopped(Exception):
+    """The watch was closed: unwind its thread."""
+
+
+class _Resync(Exception):
+    """The log cannot continue the watcher's view: re-list."""
+
+
+class _RedisWatch:
+    """Snapshot, then follow the change log from a thread on a dedicated connection."""
+
+    def __init__(self, backend: RedisBackend, prefix: str, sink: WatchSink, block: float) -> None:
+        self._backend = backend
+        self._prefix = prefix
+        self._sink = sink
+        self._block_ms = max(10, round(block * 1000))
+        self._stop = threading.Event()
+        self._lock = threading.RLock()  # held while calling the sink; close() takes it
+        self._client = backend.new_client(single_connection=True)
+        try:
+            items, self._position = backend.snapshot(prefix, self._client)
+        except BaseException:
+            self._client.close()
+            raise
+        sink.reset(items, None)
+        self._thread = threading.Thread(target=self._run, name="waypost-redis-watch", daemon=True)
+        self._thread.start()
+
+    # the thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        failures = 0
+        resync: str | None = None  # why the next step must re-list, if it must
+        try:
+            while not self._stop.is_set():
+                try:
+                    if resync is None:
+                        self._step()
+                    else:
+                        self._resync(resync)
+                        resync = None
+                    failures = 0
+                except _Resync as reason:
+                    resync = str(reason)
+                except (BackendUnavailable, AuthenticationError) as exc:
+                    failures += 1
+                    self._deliver(self._sink.interrupted, f"redis unreachable: {exc}")
+                    self._stop.wait(min(0.1 * 2 ** (failures - 1), MAX_BACKOFF))
+        except _Stopped:
+            pass
+        except Exception as exc:  # anything else ends the watch, loudly
+            with contextlib.suppress(_Stopped):
+                self._deliver(self._sink.failed, exc)
+        finally:
+            self._client.close()
+
+    def _step(self) -> None:
+        """Poll (reap, check epoch and history, read what is new); if idle, block on the log."""
+        pos = self._position
+        reply = self._backend.run("poll", pos.epoch, pos.seq, pos.last_id, READ_BATCH, client=self._client)
+        status = _text(reply[0])
+        if status != "ok":
+            raise _Resync("the Redis data was replaced (restart or flush)" if status == "epoch"
+                          else "the change log was trimmed past this watcher")
+        entries: Sequence[_Entry] = [(_text(entry_id), _fields(raw)) for entry_id, raw in reply[1]]
+        if not entries:
+            entries = self._read_blocking()
+        self._apply(entries)
+
+    def _read_blocking(self) -> list[_Entry]:
+        log_key = self._backend._prefix + "log"
+        with self._backend.boundary("redis watch"):
+            reply: Any = self._client.xread({log_key: self._position.last_id}, count=READ_BATCH, block=self._block_ms)
+        return [(_text(entry_id), fields) for _, stream in reply or [] for entry_id, fields in stream]
+
+    def _apply(self, entries: Sequence[_Entry]) -> None:
+        pos = self._position
+        for entry_id, fields in entries:
+            seq = int(fields.get(b"s", b"0"))
+            if _text(fields.get(b"e", b"")) != pos.epoch or seq != pos.seq + 1:
+                raise _Resync("the change log has a gap (restart or trim)")
+            pos.seq, pos.last_id = seq, entry_id
+            key = _text(fields.get(b"k", b""))
+            if not key.startswith(self._prefix):
+                continue
+            if fields.get(b"o") == b"put":
+                self._deliver(self._sink.put, key, fields.get(b"v", b""))
+            else:
+                self._deliver(self._sink.delete, key)
+
+    def _resync(self, reason: str) -> None:
+        items, self._position = self._backend.snapshot(self._prefix, self._client)
+        self._deliver(self._sink.reset, items, reason)
+
+    def _deliver(self, call: Callable[..., None], *args: Any) -> None:
+        with self._lock:
+            if self._stop.is_set():
+                raise _Stopped
+            call(*args)
+
+    # WatchHandle -------------------------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:  # waits for a sink call in progress; none starts after this
+            self._stop.set()
+        self._backend.forget(self)
+        if self._thread is threading.current_thread():
+            return
+        self._thread.join(self._block_ms / 1000 + 0.5)
+        if self._thread.is_alive():
+            # Stuck in a read from a server that does not answer: break the socket.
+            with contextlib.suppress(Exception):
+                self._client.connection.disconnect()  # type: ignore[union-attr]
+            self._thread.join(1.0)
+
+
+def _fields(raw: Sequence[bytes]) -> dict[bytes, bytes]:
+    """A log entry's flat ``[field, value, …]`` list (as Lua returns it) as a dict."""
+    return dict(zip(raw[::2], raw[1::2], strict=True))
+
+
+@hookimpl
+def waypost_backend_class(scheme: str) -> type[Backend] | None:
+    return RedisBackend if scheme in RedisBackend.schemes else None
+
+
+@hookimpl
+def waypost_backend(url: ParsedURL, options: Mapping[str, Any]) -> Backend | None:
+    return RedisBackend.from_url(url, options) if url.scheme in RedisBackend.schemes else None
