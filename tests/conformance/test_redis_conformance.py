@@ -1,0 +1,81 @@
+"""The shipped conformance suite against real Redis 7: plain, an ACL user limited to the prefix, and TLS."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from waypost.contrib.conformance import BackendConformance, Harness
+
+servers = pytest.importorskip("servers")
+
+# The narrowest ACL the backend documents: its commands only, keys under its prefix, no channels.
+ACL_COMMANDS = (
+    "-@all +ping +auth +hello +select +evalsha +eval +script|load +xread +time +get +set +incr +zadd +zrem "
+    "+zscore +zrangebyscore +zrangebylex +hget +hset +hdel +hmget +sadd +srem +smembers +del +xadd +xrange "
+    "+xrevrange"
+)
+
+
+def _ready(server: servers.RedisServer) -> servers.RedisServer:
+    """Undo what a failed fault test may have left (paused or stopped server)."""
+    if server.paused:
+        server.resume()
+    if not server.running:
+        server.start()
+    return server
+
+
+def _closed_port_url(scheme: str) -> str:
+    return f"{scheme}://127.0.0.1:{servers.free_port()}/0"
+
+
+@pytest.fixture(scope="module")
+def plain_redis() -> Iterator[servers.RedisServer]:
+    with servers.RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def acl_redis() -> Iterator[servers.RedisServer]:
+    with servers.RedisServer(acl_user=("wp-user", "s3cret:pw@x", "waypost:*"), acl_commands=ACL_COMMANDS) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[servers.RedisServer, servers.TLSFiles]]:
+    pytest.importorskip("trustme")
+    tls = servers.make_tls(Path(tmp_path_factory.mktemp("redis-tls")))
+    with servers.RedisServer(tls=tls, client_cert_auth=True) as server:
+        yield server, tls
+
+
+class TestRedisConformance(BackendConformance):
+    @pytest.fixture
+    def harness(self, plain_redis: servers.RedisServer) -> Harness:
+        server = _ready(plain_redis)
+        return Harness(url=server.url, ttl=1.0, expiry_bound=1.0, server=server,
+                       restart_loses_data=True, unreachable_url=_closed_port_url("redis"))
+
+
+class TestRedisACLConformance(BackendConformance):
+    """A user allowed only ``~waypost:*`` and the documented commands; credentials in the URL."""
+
+    @pytest.fixture
+    def harness(self, acl_redis: servers.RedisServer) -> Harness:
+        server = _ready(acl_redis)
+        return Harness(url=server.auth_url, ttl=1.0, expiry_bound=1.0, server=server,
+                       restart_loses_data=True, unreachable_url=_closed_port_url("redis"))
+
+
+class TestRedisTLSConformance(BackendConformance):
+    """``rediss://`` with a CA-verified server and a mandatory client certificate."""
+
+    @pytest.fixture
+    def harness(self, tls_redis: tuple[servers.RedisServer, servers.TLSFiles]) -> Harness:
+        server, tls = tls_redis
+        options = {"ssl_ca_certs": tls.ca, "ssl_certfile": tls.client_cert, "ssl_keyfile": tls.client_key}
+        return Harness(url=_ready(server).url, options=options, ttl=1.0, expiry_bound=1.0, server=server,
+                       restart_loses_data=True, unreachable_url=_closed_port_url("rediss"))

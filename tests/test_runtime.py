@@ -1,0 +1,83 @@
+"""Runtime behaviour that is the core's, not a backend's (memory store underneath)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+import waypost
+from waypost import Query, TransportType
+
+
+@pytest.fixture
+def url() -> str:
+    return f"memory://rt-{uuid.uuid4().hex[:8]}"
+
+
+def test_registration_context_manager_and_endpoint_lookup(url: str) -> None:
+    with waypost.connect(url) as rt:
+        with rt.endpoint("dyn://ns.comp.ep").register(TransportType.tcp("h:1")) as reg:
+            assert reg.active and rt.list_instances() == [reg.instance]
+            assert repr(reg) == "<Registration ns/comp/ep active>"
+        assert rt.list_instances() == [] and not reg.active
+        reg.unregister()  # a second unregister is a no-op
+
+
+def test_closed_runtime_refuses_work(url: str) -> None:
+    rt = waypost.connect(url)
+    rt.close()
+    rt.close()  # idempotent
+    with pytest.raises(waypost.Closed):
+        rt.list_instances()
+    with pytest.raises(waypost.Closed):
+        rt.namespace("n").component("c").endpoint("e").register(TransportType.tcp("h:1"))
+    assert "closed" in repr(rt)
+
+
+def test_one_keepalive_thread_per_runtime_whatever_the_endpoint_count(url: str) -> None:
+    def keepalives() -> int:
+        return sum(t.name == "waypost-keepalive" for t in threading.enumerate())
+
+    before = keepalives()
+    with waypost.connect(url) as rt:
+        for n in range(50):
+            rt.namespace("n").component("c").endpoint(f"e{n}").register(TransportType.tcp("h:1"))
+        assert keepalives() == before + 1
+        assert len(rt.registrations()) == 50
+
+
+def test_unregister_failure_keeps_the_registration_to_retry(url: str) -> None:
+    rt = waypost.connect(url)
+    reg = rt.namespace("n").component("c").endpoint("e").register(TransportType.tcp("h:1"))
+    rt.backend.close()  # the store goes away under the Runtime
+    with pytest.raises(waypost.Closed):
+        reg.unregister()
+    assert reg.active  # not silently forgotten while its key may still be alive
+    rt._abandon()
+
+
+def test_watch_iterates_until_closed(url: str) -> None:
+    with waypost.connect(url) as rt:
+        rt.namespace("n").component("c").endpoint("e").register(TransportType.tcp("h:1"))
+        watch = rt.watch(Query.namespace("n"))
+        seen = []
+        for event in watch:
+            seen.append(event)
+            watch.close()
+        assert [type(e).__name__ for e in seen] == ["Added"]
+        assert watch.closed and "closed" in repr(watch)
+
+
+def test_client_keeps_last_snapshot_when_its_runtime_closes(url: str) -> None:
+    server = waypost.connect(url)
+    server.namespace("n").component("c").endpoint("e").register(TransportType.tcp("h:1"))
+    caller = waypost.connect(url)
+    client = caller.namespace("n").component("c").endpoint("e").client()
+    assert len(client.wait_for_instances(timeout=1)) == 1
+    caller.close()
+    assert len(client.instances()) == 1
+    with pytest.raises(waypost.Closed):
+        client.wait_for_instances(timeout=1, count=2)
+    server.close()
