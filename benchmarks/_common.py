@@ -124,3 +124,75 @@ def python_env() -> dict[str, str]:
     )
     env.pop("WAYPOST_URL", None)
     return env
+
+
+# ---------------------------------------------------------------------------
+# worker subprocesses (benchmarks/_worker.py)
+# ---------------------------------------------------------------------------
+
+class Worker:
+    """A ``_worker.py`` subprocess whose stdout lines are read by a thread."""
+
+    def __init__(self, role: str, target: Any, impl: str, component: str, **extra: Any) -> None:
+        import queue
+        import subprocess
+
+        argv = [sys.executable, str(BENCH_DIR / "_worker.py"), role, "--impl", impl, "--backend", target.name,
+                "--url", target.url, "--tooz-url", target.tooz_url or "",
+                "--raw-options", json.dumps(target.raw_options), "--component", component]
+        for k, v in extra.items():
+            argv += [f"--{k.replace('_', '-')}", str(v)]
+        self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=python_env())
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._stderr: list[str] = []
+        threading.Thread(target=self._read_err, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+        self.lines.put("EOF")
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._stderr.append(line)
+            del self._stderr[:-40]
+
+    def expect(self, predicate: Callable[[str], bool], timeout: float, what: str) -> str:
+        import queue
+
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                line = self.lines.get(timeout=max(left, 0.0))
+            except queue.Empty:
+                raise TimeoutError(f"worker: no {what} within {timeout} s; stderr:\n{''.join(self._stderr)}") from None
+            if line == "EOF":
+                raise RuntimeError(f"worker exited ({self.proc.poll()}) before {what}; "
+                                   f"stderr:\n{''.join(self._stderr)}")
+            if predicate(line):
+                return line
+
+    def event(self, kind: str, name: str, timeout: float) -> float:
+        """Wait for ``EV kind name t`` and return ``t``."""
+        line = self.expect(lambda s: s.startswith(f"EV {kind} {name} "), timeout, f"{kind} {name}")
+        return float(line.split()[3])
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait(timeout=30)

@@ -138,7 +138,259 @@ class RawEtcd(RawStore):
         self.client.close()
 
 
-RAW_STORES: dict[str, type[RawStore]] = {"memory": RawMemory, "etcd": RawEtcd}
+# ---------------------------------------------------------------------------
+# file: Dynamo's file layout with plain os calls
+# ---------------------------------------------------------------------------
+
+def file_escape(relative_key: str) -> str:
+    """Dynamo's file name of a key relative to its bucket: bytes outside [A-Za-z0-9] -> %XX."""
+    return "".join(chr(b) if (48 <= b <= 57 or 65 <= b <= 90 or 97 <= b <= 122) else f"%{b:02X}"
+                   for b in relative_key.encode())
+
+
+def file_unescape(name: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(name)
+
+
+class RawFile(RawStore):
+    """``<root>/v1/instances/<%-encoded key>``; tmp file + ``link()`` (create-only); mtime liveness.
+
+    A raw reader still has to skip ``.tmp_`` files and files older than the ttl
+    (the layout's liveness rule), so ``list`` does a ``stat`` per file like the
+    backend does. The raw "lease" is the list of files to touch.
+    """
+
+    name = "file"
+    BUCKET = "v1/instances"
+
+    def __init__(self, url: str, root: str, stale_after: float = 3600.0, **_: Any) -> None:
+        self.bucket = os.path.join(root, self.BUCKET)
+        os.makedirs(self.bucket, mode=0o700, exist_ok=True)
+        self.stale_after = stale_after
+        self.leases: dict[int, list[str]] = {}
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.bucket, file_escape(key[len(self.BUCKET) + 1:]))
+
+    def grant(self, ttl: float) -> Any:
+        lease: list[str] = []
+        self.leases[id(lease)] = lease
+        return lease
+
+    def keepalive(self, lease: Any) -> None:
+        for path in lease:
+            os.utime(path)
+
+    def revoke(self, lease: Any) -> None:
+        for path in lease:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self.leases.pop(id(lease), None)
+
+    def create(self, lease: Any, key: str, value: bytes) -> None:
+        path = self._path(key)
+        tmp = os.path.join(self.bucket, f".tmp_{os.urandom(8).hex()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, value)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+        if lease is not None:
+            lease.append(path)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        for lease in self.leases.values():
+            if path in lease:
+                lease.remove(path)
+
+    def list(self, prefix: str) -> list[tuple[str, Any]]:
+        encoded = file_escape(prefix[len(self.BUCKET) + 1:])
+        oldest = time.time() - self.stale_after
+        out = []
+        with os.scandir(self.bucket) as listing:
+            for entry in listing:
+                name = entry.name
+                if not name.startswith(encoded) or name.startswith(".tmp_"):
+                    continue
+                if entry.stat().st_mtime < oldest:
+                    continue
+                with open(entry.path, "rb") as f:
+                    out.append((f"{self.BUCKET}/{file_unescape(name)}", json.loads(f.read())))
+        return out
+
+    def watch(self, prefix: str, on_event: OnEvent) -> Callable[[], None]:
+        """inotify through watchfiles with the backend's own settings (debounce 100 ms, step 20 ms)."""
+        import watchfiles
+
+        encoded = file_escape(prefix[len(self.BUCKET) + 1:])
+        stop = threading.Event()
+        ready = threading.Event()
+
+        def run() -> None:
+            ready.set()
+            for changes in watchfiles.watch(self.bucket, watch_filter=None, debounce=100, step=20,
+                                            stop_event=stop, recursive=False, raise_interrupt=False):
+                for change, path in sorted(changes, key=lambda c: c[1]):
+                    name = os.path.basename(path)
+                    if not name.startswith(encoded):
+                        continue
+                    key = f"{self.BUCKET}/{file_unescape(name)}"
+                    on_event("delete" if change == watchfiles.Change.deleted else "put", key)
+
+        thread = threading.Thread(target=run, name="raw-file-watch", daemon=True)
+        thread.start()
+        ready.wait(5)
+        time.sleep(0.05)  # watchfiles arms inotify right after the thread starts: no API tells us when
+
+        def stopper() -> None:
+            stop.set()
+            thread.join(5)
+
+        return stopper
+
+
+# ---------------------------------------------------------------------------
+# redis: redis-py on the backend's layout (index zset, values/owners hashes,
+# lease sets, change-log stream), each write one atomic script, no reaping
+# ---------------------------------------------------------------------------
+
+_REDIS_CREATE = """
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('ZADD', KEYS[1], 0, ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('SADD', KEYS[4], ARGV[1])
+local seq = redis.call('INCR', KEYS[5])
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', 10000, '*', 's', seq, 'e', redis.call('GET', KEYS[7]) or '',
+           'o', 'put', 'k', ARGV[1], 'v', ARGV[2])
+return 1
+"""
+
+_REDIS_DELETE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
+local seq = redis.call('INCR', KEYS[5])
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', 10000, '*', 's', seq, 'e', redis.call('GET', KEYS[7]) or '',
+           'o', 'del', 'k', ARGV[1], 'v', '')
+return 1
+"""
+
+_REDIS_LIST = """
+local keys = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. ARGV[1], '(' .. ARGV[1] .. '\\255')
+local values = {}
+for i = 1, #keys, 1000 do
+  local chunk = redis.call('HMGET', KEYS[2], unpack(keys, i, math.min(i + 999, #keys)))
+  for j = 1, #chunk do values[#values + 1] = chunk[j] end
+end
+return {keys, values}
+"""
+
+
+class RawRedis(RawStore):
+    name = "redis"
+
+    def __init__(self, url: str, prefix: str = "waypost:", **_: Any) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url, socket_timeout=10)
+        p = prefix
+        self.keys = {"index": p + "index", "values": p + "values", "owners": p + "owners",
+                     "leases": p + "leases", "seq": p + "seq", "log": p + "log", "epoch": p + "epoch"}
+        self.prefix = p
+        self._create = self.client.register_script(_REDIS_CREATE)
+        self._delete = self.client.register_script(_REDIS_DELETE)
+        self._list = self.client.register_script(_REDIS_LIST)
+        self._lease_of: dict[str, int] = {}
+
+    def grant(self, ttl: float) -> Any:
+        lease = int.from_bytes(os.urandom(8), "big") | 1
+        self.ttl_ms = int(ttl * 1000)
+        self.client.zadd(self.keys["leases"], {str(lease): int(time.time() * 1000) + self.ttl_ms})
+        return _Lease(lease)
+
+    def keepalive(self, lease: Any) -> None:
+        self.client.zadd(self.keys["leases"], {str(lease.id): int(time.time() * 1000) + self.ttl_ms}, xx=True)
+
+    def revoke(self, lease: Any) -> None:
+        lease_set = f"{self.prefix}lease:{lease.id}"
+        for key in self.client.smembers(lease_set):
+            self.delete(key.decode())
+        self.client.delete(lease_set)
+        self.client.zrem(self.keys["leases"], str(lease.id))
+
+    def create(self, lease: Any, key: str, value: bytes) -> None:
+        k = self.keys
+        lease_id = str(lease.id if lease is not None else 0)
+        self._lease_of[key] = int(lease_id)
+        ok = self._create(keys=[k["index"], k["values"], k["owners"], f"{self.prefix}lease:{lease_id}", k["seq"],
+                                k["log"], k["epoch"]], args=[key, value, lease_id])
+        if not ok:
+            raise KeyError(key)
+
+    def delete(self, key: str) -> None:
+        k = self.keys
+        lease_id = self._lease_of.pop(key, 0)
+        self._delete(keys=[k["index"], k["values"], k["owners"], f"{self.prefix}lease:{lease_id}", k["seq"],
+                           k["log"], k["epoch"]], args=[key])
+
+    def list(self, prefix: str) -> list[tuple[str, Any]]:
+        keys, values = self._list(keys=[self.keys["index"], self.keys["values"]], args=[prefix])
+        return [(k.decode(), json.loads(v)) for k, v in zip(keys, values, strict=True) if v is not None]
+
+    def watch(self, prefix: str, on_event: OnEvent) -> Callable[[], None]:
+        """Follow the change log with ``XREAD BLOCK`` on a connection of its own."""
+        import redis
+
+        client = redis.Redis(connection_pool=redis.ConnectionPool(**self.client.connection_pool.connection_kwargs))
+        last = [self.client.xrevrange(self.keys["log"], count=1)]
+        position = last[0][0][0] if last[0] else b"0-0"
+        stop = threading.Event()
+        pfx = prefix.encode()
+
+        def run() -> None:
+            nonlocal position
+            while not stop.is_set():
+                for _stream, entries in client.xread({self.keys["log"]: position}, block=200, count=1000) or []:
+                    for entry_id, fields in entries:
+                        position = entry_id
+                        key = fields[b"k"]
+                        if key.startswith(pfx):
+                            on_event("put" if fields[b"o"] == b"put" else "delete", key.decode())
+
+        thread = threading.Thread(target=run, name="raw-redis-watch", daemon=True)
+        thread.start()
+
+        def stopper() -> None:
+            stop.set()
+            thread.join(5)
+            client.close()
+
+        return stopper
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _Lease:
+    def __init__(self, lease_id: int) -> None:
+        self.id = lease_id
+
+
+RAW_STORES: dict[str, type[RawStore]] = {"memory": RawMemory, "file": RawFile, "etcd": RawEtcd, "redis": RawRedis}
 
 
 def keepalive_thread(store: RawStore, lease: Any, period: float) -> Callable[[], None]:
@@ -160,11 +412,3 @@ def keepalive_thread(store: RawStore, lease: Any, period: float) -> Callable[[],
         thread.join()
 
     return stopper
-
-
-def file_escape(name: str) -> str:  # pragma: no cover - replaced once the layout is confirmed
-    return "".join(c if c.isascii() and c.isalnum() else "".join(f"%{b:02X}" for b in c.encode())
-                   for c in name)
-
-
-_ = os  # used by the file baseline

@@ -8,7 +8,8 @@ from pathlib import Path
 # tests/servers.py starts real etcd/Redis/Consul servers; make it importable from every test folder.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from servers import (  # noqa: E402
+from servers import (
+    consul_factory,
     consul_server,
     etcd_cluster_factory,
     etcd_factory,
@@ -19,6 +20,7 @@ from servers import (  # noqa: E402
 )
 
 __all__ = [
+    "consul_factory",
     "consul_server",
     "etcd_cluster_factory",
     "etcd_factory",

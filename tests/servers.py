@@ -188,6 +188,7 @@ def make_tls(tmpdir) -> TLSFiles:
 # process registry: nothing is left behind
 # ---------------------------------------------------------------------------
 
+_SETPRIV = shutil.which("setpriv") if os.uname().sysname == "Linux" else None
 _live: set[_Process] = set()  # strong refs: atexit must see every process
 _live_lock = threading.Lock()
 
@@ -228,11 +229,18 @@ class _Process:
         if self.running:
             raise ServerError(f"{self.name} is already running (pid {self.proc.pid})")
         full_env = dict(os.environ) if env is None else env
+        argv = list(argv)
+        # If this Python dies without running atexit (SIGKILL, SIGTERM from a
+        # `timeout`...), have the kernel kill the server too. PDEATHSIG fires
+        # when the spawning *thread* ends, so only when spawned from the main
+        # thread; setpriv (util-linux) sets it and execs the server in place.
+        if _SETPRIV and threading.current_thread() is threading.main_thread():
+            argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
         with open(self.log_path, "ab") as log:
             log.write(("\n==== start {}: {}\n".format(time.strftime("%H:%M:%S"), " ".join(argv))).encode())
             log.flush()
             self.proc = subprocess.Popen(
-                list(argv),
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -530,13 +538,6 @@ class _Server:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def __del__(self):  # pragma: no cover - best effort
-        try:
-            if not self._closed and self.running:
-                self._process.kill()
-        except Exception:
-            pass
 
     def _what(self) -> str:
         return f"{self.kind} on {self.endpoint}"
@@ -994,6 +995,12 @@ class RedisServer(_Server):
     def _ready(self) -> bool:
         return self.command("PING", timeout=1.0) == b"+PONG"
 
+    def flushall(self) -> None:
+        """``FLUSHALL`` (as the ACL user / with the password if configured)."""
+        reply = self.command("FLUSHALL")
+        if reply != b"+OK":
+            raise ServerError(f"FLUSHALL failed: {reply!r}")
+
 
 # ---------------------------------------------------------------------------
 # Consul
@@ -1149,8 +1156,7 @@ class ConsulServer(_Server):
 
 @pytest.fixture
 def tls_files(tmp_path) -> TLSFiles:
-    """A fresh CA + server/client certs (needs ``trustme``)."""
-    pytest.importorskip("trustme")
+    """A fresh CA + server/client certs (``trustme`` is a dev dependency)."""
     return make_tls(tmp_path / "tls")
 
 

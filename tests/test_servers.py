@@ -11,11 +11,10 @@ import ssl
 
 import pytest
 
-try:
-    from tests import servers as S
-except ImportError:  # tests/ on sys.path instead of the repo root
-    import servers as S  # type: ignore[no-redef]
-
+# tests/conftest.py puts tests/ on sys.path and re-exports the fixtures from
+# the same `servers` module; import it under that name (not tests.servers) so
+# there is only one copy of the module and of its session servers.
+import servers as S
 
 # ---------------------------------------------------------------- helpers
 
@@ -69,7 +68,6 @@ def redis_raw(port, *args, tls=None, timeout=2.0):
 
 @pytest.fixture
 def tls(tmp_path):
-    pytest.importorskip("trustme")
     return S.make_tls(tmp_path / "tls")
 
 
@@ -292,21 +290,16 @@ def test_session_fixtures(etcd_server, redis_server, consul_server):
     assert redis_server.command("PING") == b"+PONG"
 
 
-def test_factories(redis_factory, etcd_factory):
+def test_factories(redis_factory, etcd_factory, etcd_cluster_factory, tls_files):
     a = redis_factory()
     b = redis_factory(password="x")
-    e = etcd_factory("3.4")
+    e = etcd_factory("3.4", tls=tls_files)
+    c = etcd_cluster_factory(size=1)
+    assert len(c.members) == 1
     assert len({a.port, b.port, e.port}) == 3
     assert a.running
     assert b.running
     assert e.running
-
-
-etcd_server = S.etcd_server
-redis_server = S.redis_server
-consul_server = S.consul_server
-redis_factory = S.redis_factory
-etcd_factory = S.etcd_factory
 
 
 # ---------------------------------------------------------------- robustness
@@ -367,5 +360,39 @@ def test_atexit_cleans_up_processes():
             except ProcessLookupError:
                 break
             # a zombie of ours would not exist: the child python reaped it
+            assert time.monotonic() < deadline, f"server pid {pid} left behind"
+            time.sleep(0.05)
+
+
+def test_servers_die_with_a_killed_parent():
+    """No atexit when the test process is SIGKILLed: PDEATHSIG must do it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    assert S._SETPRIV is not None, "setpriv (util-linux) is needed so servers die with the test process"
+    code = (
+        f"import sys, time; sys.path.insert(0, {os.path.dirname(os.path.abspath(S.__file__))!r})\n"
+        "import servers as S\n"
+        "r = S.RedisServer().start(); e = S.EtcdServer().start()\n"
+        "print(r.pid, e.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in child.stdout.readline().split()]
+        assert len(pids) == 2
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    for pid in pids:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
             assert time.monotonic() < deadline, f"server pid {pid} left behind"
             time.sleep(0.05)

@@ -357,6 +357,8 @@ OPTIONS = (
 
 
 # Errors: the one boundary where redis-py exceptions become waypost's ------------------
+# What Redis 7 answers when a command inside a script touches a key the ACL user may not.
+_ACL_DENIED = "can't access at least one of the keys"
 _UNAVAILABLE_REPLIES = ("LOADING", "MASTERDOWN", "MISCONF", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
 
 
@@ -364,7 +366,7 @@ def _translate(exc: rexc.RedisError, context: str) -> WaypostError:
     # redis-py's AuthenticationError is a ConnectionError: test it first.
     if isinstance(exc, rexc.AuthenticationError | rexc.AuthenticationWrongNumberOfArgsError):
         return AuthenticationError(f"{context}: Redis rejected the credentials ({exc})")
-    if isinstance(exc, rexc.NoPermissionError):
+    if isinstance(exc, rexc.NoPermissionError) or _ACL_DENIED in str(exc):
         return AuthenticationError(
             f"{context}: the Redis ACL user lacks a permission ({exc}); see the ACL rule in the redis backend docs"
         )
@@ -473,7 +475,10 @@ class RedisBackend(Backend):
         return _pairs(keys, values)
 
     def watch(self, prefix: str, sink: WatchSink) -> WatchHandle:
-        watch = _RedisWatch(self, prefix, sink, block=min(self._ttl / 4, MAX_WATCH_BLOCK))
+        # Block short enough to reap often, and well inside the socket timeout (else a quiet
+        # log would read as a dead server).
+        block = min(self._ttl / 4, MAX_WATCH_BLOCK, self._connect_kwargs["socket_timeout"] / 2)
+        watch = _RedisWatch(self, prefix, sink, block=block)
         with self._lock:
             self._watches.add(watch)
         return watch

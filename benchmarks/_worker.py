@@ -1,0 +1,118 @@
+"""A second process for the cross-process benchmarks (watch propagation, crash detection).
+
+    python benchmarks/_worker.py watch --impl waypost --backend etcd --url etcd://... --component watch
+    python benchmarks/_worker.py hold  --impl raw --backend etcd --url etcd://... --component crash --ttl 2
+
+``watch`` prints ``READY`` once its initial snapshot is in, then one line per
+change: ``EV put|delete NAME MONOTONIC`` (NAME = endpoint name for waypost and
+raw, member id for tooz; MONOTONIC = ``time.monotonic()`` when the event was
+received, the same clock as the parent's on Linux).
+``hold`` registers NAME with a ttl, prints ``HELD``, and waits on stdin until
+killed (SIGKILL = a crash: no unregister, no revoke).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import NAMESPACE, encode, instance_dict, instance_key  # noqa: E402
+
+_out_lock = threading.Lock()
+
+
+def emit(line: str) -> None:
+    with _out_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def on_event(kind: str, name: str) -> None:
+    emit(f"EV {kind} {name} {time.monotonic():.9f}")
+
+
+def raw_store(args: argparse.Namespace) -> Any:
+    from _raw import RAW_STORES
+
+    return RAW_STORES[args.backend](args.url, **json.loads(args.raw_options))
+
+
+def watch(args: argparse.Namespace) -> None:
+    prefix = f"v1/instances/{NAMESPACE}/{args.component}/"
+    if args.impl == "waypost":
+        import waypost
+
+        rt = waypost.connect(args.url, ttl=10)
+        w = rt.watch(waypost.Query.component(NAMESPACE, args.component))
+        emit("READY")
+        for event in w:
+            if isinstance(event, waypost.Added | waypost.Removed):
+                on_event("put" if isinstance(event, waypost.Added) else "delete", event.instance.endpoint)
+    elif args.impl == "raw":
+        store = raw_store(args)
+        store.watch(prefix, lambda kind, key: on_event(kind, key.split("/")[4]))
+        emit("READY")
+        sys.stdin.read()
+    else:
+        from _tooz import ToozMember
+
+        member = ToozMember(args.tooz_url, f"watcher-{os.getpid()}", ttl=10)
+        group = f"{NAMESPACE}.{args.component}"
+        member.ensure_group(group)
+        member.watch(group, on_event)
+        emit("READY")
+        member.poll_forever(lambda: False)
+
+
+def hold(args: argparse.Namespace) -> None:
+    name = args.name
+    if args.impl == "waypost":
+        import waypost
+
+        rt = waypost.connect(args.url, ttl=args.ttl)
+        ep = rt.namespace(NAMESPACE).component(args.component).endpoint(name)
+        ep.register(transport=waypost.TransportType.tcp("127.0.0.1:1"), device_type="cuda")
+    elif args.impl == "raw":
+        from _raw import keepalive_thread
+
+        store = raw_store(args)
+        lease = store.grant(args.ttl)
+        iid = getattr(lease, "id", None) or os.getpid()
+        store.create(lease, instance_key(NAMESPACE, args.component, name, iid),
+                     encode(instance_dict(NAMESPACE, args.component, name, iid)))
+        keepalive_thread(store, lease, args.ttl / 3)
+    else:
+        from _tooz import ToozMember
+
+        member = ToozMember(args.tooz_url, name, ttl=args.ttl)
+        group = f"{NAMESPACE}.{args.component}"
+        member.ensure_group(group)
+        member.join(group, instance_dict(NAMESPACE, args.component, name, os.getpid()))
+    emit("HELD")
+    sys.stdin.read()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=["watch", "hold"])
+    parser.add_argument("--impl", choices=["waypost", "raw", "tooz"], required=True)
+    parser.add_argument("--backend", required=True)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--tooz-url", default="")
+    parser.add_argument("--raw-options", default="{}")
+    parser.add_argument("--component", required=True)
+    parser.add_argument("--name", default="held")
+    parser.add_argument("--ttl", type=float, default=2.0)
+    args = parser.parse_args()
+    (watch if args.role == "watch" else hold)(args)
+
+
+if __name__ == "__main__":
+    main()

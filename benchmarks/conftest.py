@@ -1,0 +1,281 @@
+"""pytest configuration of the benchmark harness (not part of the default test run).
+
+Run through ``benchmarks/run.py`` (which also writes the report), or directly::
+
+    python -m pytest benchmarks --benchmark-json=out.json [--quick] [--bench-backends=memory,etcd]
+
+Servers are the tests' own (``tests/servers.py``): real etcd and Redis on free
+127.0.0.1 ports in temp dirs, started once per session.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _common import BENCH_DIR, METRICS, REPO
+from _raw import RAW_STORES, RawStore
+from _tooz import tooz_error, tooz_url
+
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
+
+import servers  # noqa: E402  (tests/servers.py)
+
+ALL_BACKENDS = ("memory", "file", "etcd", "redis")
+CROSS_PROCESS = {"file", "etcd", "redis"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("waypost-bench")
+    group.addoption("--quick", action="store_true", default=False,
+                    help="smoke mode: few rounds, small N, short windows (CI)")
+    group.addoption("--bench-backends", default=",".join(ALL_BACKENDS),
+                    help="comma-separated backends to measure (default: all)")
+    group.addoption("--no-tooz", action="store_true", default=False, help="skip the tooz comparison")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "bench_backend: measured per backend")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        wanted = [b.strip() for b in metafunc.config.getoption("--bench-backends").split(",") if b.strip()]
+        metafunc.parametrize("backend", [b for b in ALL_BACKENDS if b in wanted])
+
+
+# ---------------------------------------------------------------------------
+# mode
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Mode:
+    quick: bool
+
+    def rounds(self, full: int, quick: int = 3) -> int:
+        return quick if self.quick else full
+
+    @property
+    def list_sizes(self) -> tuple[int, ...]:
+        return (10, 1000) if self.quick else (10, 1000, 10000)
+
+
+@pytest.fixture(scope="session")
+def mode(request: pytest.FixtureRequest) -> Mode:
+    return Mode(quick=bool(request.config.getoption("--quick")))
+
+
+# ---------------------------------------------------------------------------
+# targets: a backend under test with its server, raw client and tooz URL
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    raw_options: dict[str, Any] = field(default_factory=dict)
+    server: Any = None
+    endpoint: str | None = None
+    tooz_url: str | None = None
+    tooz_skip: str | None = None
+    _variants: dict[str, Target] = field(default_factory=dict, repr=False)
+
+    @property
+    def cross_process(self) -> bool:
+        return self.name in CROSS_PROCESS
+
+    def variant(self, tag: str) -> Target:
+        """The same backend on a separate store where that matters (file: its own directory,
+        so that a big directory does not slow down unrelated measurements)."""
+        if self.name != "file":
+            return self
+        if tag not in self._variants:
+            root = tempfile.mkdtemp(prefix=f"waypost-bench-file-{tag}-")
+            self._variants[tag] = Target(self.name, f"file://{root}", raw_options={"root": root},
+                                         tooz_skip=self.tooz_skip)
+        return self._variants[tag]
+
+    def raw(self) -> RawStore:
+        cls = RAW_STORES.get(self.name)
+        if cls is None:
+            pytest.skip(f"no raw baseline for {self.name} yet")
+        return cls(self.url, **self.raw_options)
+
+    def connect(self, **options: Any) -> Any:
+        import waypost
+
+        return waypost.connect(self.url, **options)
+
+
+def _backend_missing(name: str) -> str | None:
+    if importlib.util.find_spec(f"waypost.backends.{name}") is None:
+        return f"src/waypost/backends/{name}.py does not exist (yet)"
+    return None
+
+
+def _smoke(target: Target) -> None:
+    """Prove the backend works end to end before measuring it."""
+    import waypost
+
+    with waypost.connect(target.url, ttl=5) as rt:
+        ep = rt.namespace("benchsmoke").component("c").endpoint("e")
+        reg = ep.register(transport=waypost.TransportType.tcp("127.0.0.1:1"))
+        if len(ep.list_instances()) != 1:
+            raise RuntimeError("a registered endpoint was not listed")
+        reg.unregister()
+
+
+class Targets:
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self._made: dict[str, Target | str] = {}
+        self._cleanup: list[Any] = []
+
+    def get(self, name: str) -> Target:
+        if name not in self._made:
+            try:
+                self._made[name] = self._make(name)
+            except pytest.skip.Exception as exc:
+                self._made[name] = str(exc.msg)
+            except Exception as exc:
+                self._made[name] = f"{name} backend is broken right now: {type(exc).__name__}: {exc}"
+            made = self._made[name]
+            if isinstance(made, str):
+                METRICS.note(f"{name}: not measured — {made}")
+        made = self._made[name]
+        if isinstance(made, str):
+            pytest.skip(made)
+        return made
+
+    def _make(self, name: str) -> Target:
+        missing = _backend_missing(name)
+        if missing:
+            pytest.skip(missing)
+        no_tooz = self.config.getoption("--no-tooz")
+        if name == "memory":
+            target = Target(name, f"memory://bench-{uuid.uuid4().hex[:8]}",
+                            tooz_skip="tooz has no in-process driver")
+        elif name == "file":
+            root = tempfile.mkdtemp(prefix="waypost-bench-file-")
+            self._cleanup.append(lambda: shutil.rmtree(root, ignore_errors=True))
+            target = Target(name, f"file://{root}", raw_options={"root": root},
+                            tooz_skip="tooz's file driver has no capabilities-with-members listing "
+                                      "comparable to a discovery store; not compared")
+        elif name in ("etcd", "redis"):
+            cls = servers.EtcdServer if name == "etcd" else servers.RedisServer
+            try:
+                server = cls()
+            except servers.ServerBinaryMissing as exc:
+                pytest.skip(str(exc))
+            self._cleanup.append(server.close)
+            server.start()
+            target = Target(name, server.url, server=server, endpoint=server.endpoint)
+            err = tooz_error()
+            if no_tooz:
+                target.tooz_skip = "--no-tooz"
+            elif err:
+                target.tooz_skip = f"tooz does not import here: {err}"
+            else:
+                target.tooz_url = tooz_url(name, server.endpoint)
+        else:  # pragma: no cover
+            raise ValueError(name)
+        _smoke(target)
+        return target
+
+    def close(self) -> None:
+        for fn in reversed(self._cleanup):
+            try:
+                fn()
+            except Exception:
+                pass
+
+
+@pytest.fixture(scope="session")
+def targets(request: pytest.FixtureRequest) -> Iterator[Targets]:
+    t = Targets(request.config)
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def target(targets: Targets, backend: str) -> Target:
+    return targets.get(backend)
+
+
+# ---------------------------------------------------------------------------
+# environment + custom metrics into the pytest-benchmark JSON
+# ---------------------------------------------------------------------------
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _server_version(binary: str, args: list[str], marker: str) -> str:
+    try:
+        path = servers.find_binary(binary)
+        out = subprocess.run([path, *args], capture_output=True, text=True, timeout=20).stdout
+    except Exception as exc:
+        return f"unavailable ({exc.__class__.__name__})"
+    for line in out.splitlines():
+        if marker in line:
+            return line.strip()
+    return out.strip().splitlines()[0] if out.strip() else "unknown"
+
+
+def environment() -> dict[str, Any]:
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": affinity,
+        "machine": platform.machine(),
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "packages": {d: _version(d) for d in (
+            "waypost", "pluggy", "etcd-sdk-python", "grpcio", "protobuf", "redis", "hiredis",
+            "watchfiles", "tooz", "etcd3gw", "pytest-benchmark")},
+        "servers": {
+            "etcd": _server_version("etcd", ["--version"], "etcd Version"),
+            "redis": _server_version("redis-server", ["--version"], "Redis server"),
+        },
+    }
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_json: dict[str, Any]) -> None:
+    output_json["waypost_env"] = environment()
+    output_json["waypost_env"]["mode"] = "quick" if config.getoption("--quick") else "full"
+    output_json["waypost_metrics"] = [m.as_json() for m in METRICS.metrics]
+    output_json["waypost_notes"] = list(METRICS.notes)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    os.environ.pop("WAYPOST_URL", None)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(BENCH_DIR), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")) if p)

@@ -1,0 +1,770 @@
+"""etcd backend: ``etcd://host:port[,host:port…]`` (``etcds://`` for TLS), Dynamo's default store.
+
+URL grammar
+    ``etcd://[user:password@]host[:port][,host[:port]…][?option=value&…]``.
+    The default port is 2379. Several hosts are members of one cluster: the
+    backend talks to one member at a time and moves to the next when it stops
+    answering (refused, closed or timed-out calls, or a stalled watch).
+    ``etcds://`` speaks TLS, trusting ``ca_cert`` (or the system's roots when
+    it is not set). Dynamo's variables reach it too: ``DYN_DISCOVERY_BACKEND=etcd``
+    with ``ETCD_ENDPOINTS=http://h1:2379,http://h2:2379`` (``https://`` → TLS).
+
+Options (keyword > URL query > environment > default)
+    ``ttl``
+        lease time-to-live in seconds (env ``ETCD_LEASE_TTL``, default 10).
+        etcd leases are whole seconds: the ttl is rounded up, and the server
+        may raise it to its minimum (1.5 times its election timeout).
+    ``timeout``
+        seconds any single etcd operation may take, retries and fail-over
+        included, before :class:`~waypost.BackendUnavailable` (default 5).
+        A watch reports a silent (paused, partitioned) server within about
+        ``1.5 * min(2, timeout/2) + timeout`` seconds.
+    ``ca_cert``, ``cert_cert``, ``cert_key``
+        PEM files: the CA that signed the server certificate, and the client
+        certificate and key for mutual TLS (env ``ETCD_AUTH_CA``,
+        ``ETCD_AUTH_CLIENT_CERT``, ``ETCD_AUTH_CLIENT_KEY``). They need
+        ``etcds://``.
+    ``user``, ``password``
+        etcd user/password authentication (env ``ETCD_AUTH_USERNAME``,
+        ``ETCD_AUTH_PASSWORD``); may also be the URL's ``user:password@``
+        (giving both, with different values, is an error). Works over
+        ``etcd://`` too, where the password travels in clear text. The auth
+        token is renewed transparently when etcd reports it invalid (expired
+        after ``--auth-token-ttl``, or lost in a member restart).
+    ``root``
+        key prefix (default empty, so keys are exactly Dynamo's
+        ``v1/instances/…``); a ``/`` is appended when missing.
+
+Semantics
+    One etcd lease per Runtime; its id is the ``instance_id`` (after a lease
+    loss the Runtime gets a new lease and so a new id, as Dynamo does; ids
+    cannot be chosen). A registration is a transaction that puts the key,
+    attached to the lease, only if it does not exist. ``list`` is one
+    linearizable range read (responses up to 256 MiB, so 50k instances fit).
+    A watch lists at revision R, then watches from R+1. After a short stream
+    break (a member failing over) it resumes from the last revision it
+    delivered (etcd's history), so nothing is missed and nothing re-listed;
+    after an outage it reported as interrupted, after history was compacted,
+    or when the store's revision went backwards (data replaced), it re-lists
+    and the core emits the minimal diff with a ``Resynced`` notice.
+
+Caveats
+    Watches probe an idle stream with etcd progress requests (falling back to
+    a one-key read, because etcd 3.5 defers progress answers while a watcher
+    catches up). Every watch uses two threads while it runs. Lease grants are
+    retried on timeouts, which can leave an unused lease behind until its ttl
+    ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from waypost.core import (
+    AlreadyRegistered,
+    AuthenticationError,
+    Backend,
+    BackendNotInstalled,
+    BackendUnavailable,
+    Capability,
+    Closed,
+    ConfigError,
+    Lease,
+    LeaseLost,
+    Option,
+    ParsedURL,
+    WatchHandle,
+    WatchSink,
+    WaypostError,
+    hookimpl,
+    parse_float,
+    parse_str,
+)
+
+try:
+    import grpc
+    from pyetcd import etcdrpc
+except ImportError as _exc:  # pragma: no cover - depends on the installed extras
+    raise BackendNotInstalled(
+        f"the etcd:// backend needs etcd-sdk-python and grpcio ({_exc}): pip install 'waypost[etcd]'"
+    ) from _exc
+
+__all__ = ["EtcdBackend"]
+
+_log = logging.getLogger("waypost.etcd")
+
+DEFAULT_PORT = 2379
+_MAX_MESSAGE = 256 * 1024 * 1024
+_CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", _MAX_MESSAGE),
+    ("grpc.max_send_message_length", _MAX_MESSAGE),
+    # gRPC's default reconnect backoff grows to 120 s: a restarted member would
+    # stay unused for minutes. Keep it short; our own retries are bounded anyway.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+# Status codes after which another attempt (maybe on another member) can succeed.
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+_BACKOFF_MIN = 0.05
+_BACKOFF_MAX = 2.0
+
+Invoke = Callable[["_Stubs", float, Any], Any]  # (stubs, attempt timeout, call metadata) -> response
+
+
+# ----------------------------------------------------------------------------------------------
+# settings
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Settings:
+    targets: tuple[str, ...]
+    tls: bool
+    ca_cert: str | None
+    cert_cert: str | None
+    cert_key: str | None
+    user: str | None
+    password: str | None
+    timeout: float
+    root: str
+
+    @property
+    def where(self) -> str:
+        return f"{'etcds' if self.tls else 'etcd'}://{','.join(self.targets)}"
+
+
+def _settings(url: ParsedURL, options: Mapping[str, Any]) -> _Settings:
+    """Validate the URL and options together; every message is free of secrets."""
+    if not url.hosts:
+        raise ConfigError("etcd:// URL needs at least one host, e.g. etcd://127.0.0.1:2379")
+    targets = tuple(_target(host, port) for host, port in url.hosts)
+    tls = url.scheme == "etcds"
+    ca_cert, cert_cert, cert_key = options["ca_cert"], options["cert_cert"], options["cert_key"]
+    if not tls and (ca_cert or cert_cert or cert_key):
+        raise ConfigError("ca_cert/cert_cert/cert_key are TLS options: use an etcds:// URL")
+    if bool(cert_cert) != bool(cert_key):
+        raise ConfigError("mutual TLS needs both cert_cert and cert_key")
+    user = _one_of(url.username, options["user"], "user")
+    password = _one_of(url.password, options["password"], "password")
+    if (user is None) != (password is None):
+        raise ConfigError("etcd authentication needs both user and password")
+    root = options["root"] or ""
+    if root and not root.endswith("/"):
+        root += "/"
+    return _Settings(targets, tls, ca_cert, cert_cert, cert_key, user, password, options["timeout"], root)
+
+
+def _target(host: str, port: int | None) -> str:
+    if not host:
+        raise ConfigError("empty host in etcd:// URL")
+    host = f"[{host}]" if ":" in host else host  # IPv6 literal
+    return f"{host}:{port or DEFAULT_PORT}"
+
+
+def _one_of(from_url: str | None, from_option: str | None, name: str) -> str | None:
+    if from_url is not None and from_option is not None and from_url != from_option:
+        raise ConfigError(f"etcd {name} is given both in the URL and as an option, with different values")
+    return from_url if from_url is not None else from_option
+
+
+def _read_pem(path: str | None, option: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(os.path.expanduser(path), "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {option}={path!r}: {exc.strerror}") from None
+
+
+def _channel_credentials(settings: _Settings) -> Any:
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read_pem(settings.ca_cert, "ca_cert"),
+        private_key=_read_pem(settings.cert_key, "cert_key"),
+        certificate_chain=_read_pem(settings.cert_cert, "cert_cert"),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# the one error boundary
+# ----------------------------------------------------------------------------------------------
+
+def _status(exc: BaseException) -> tuple[Any, str]:
+    """``(grpc status code or None, message)`` of any exception."""
+    error: Any = exc  # grpc.RpcError subclasses carry code()/details(); others don't
+    code = error.code() if callable(getattr(error, "code", None)) else None
+    details = error.details() if callable(getattr(error, "details", None)) else None
+    return code, details or str(exc)
+
+
+def translate(exc: BaseException, what: str, where: str, secret: str | None = None) -> WaypostError:
+    """Map a gRPC/pyetcd exception to waypost's tree (the caller chains it as the cause)."""
+    if isinstance(exc, WaypostError):
+        return exc
+    code, details = _status(exc)
+    if secret:
+        details = details.replace(secret, "***")
+    if code is grpc.StatusCode.NOT_FOUND and "lease not found" in details:
+        return LeaseLost(f"etcd lease not found during {what} on {where}: it expired or was revoked")
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or (
+        code is grpc.StatusCode.INVALID_ARGUMENT and ("authentication failed" in details or "user name" in details)
+    ):
+        return AuthenticationError(f"etcd at {where} refused {what}: {details}")
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return BackendUnavailable(f"etcd at {where} did not answer {what} in time")
+    if isinstance(exc, ValueError) and "closed channel" in details:
+        return Closed(f"the backend for {where} is closed")
+    name = getattr(code, "name", type(exc).__name__)
+    return BackendUnavailable(f"etcd {what} failed on {where}: {name}: {details}")
+
+
+def _is_invalid_token(exc: BaseException) -> bool:
+    code, details = _status(exc)
+    # A watch create refused for a stale token comes back as "permission denied".
+    return code is grpc.StatusCode.UNAUTHENTICATED and "auth token" in details
+
+
+# ----------------------------------------------------------------------------------------------
+# connection: channels to the members, fail-over, auth token
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Stubs:
+    channel: Any
+    kv: Any
+    lease: Any
+    watch: Any
+    auth: Any
+
+
+class _Connection:
+    """gRPC channels to the cluster members, the member in use, and the auth token."""
+
+    def __init__(self, settings: _Settings) -> None:
+        self.settings = settings
+        self.timeout = settings.timeout
+        self.where = settings.where
+        self._credentials = _channel_credentials(settings) if settings.tls else None
+        self._stubs: list[_Stubs | None] = [None] * len(settings.targets)
+        self._current = 0
+        self._lock = threading.Lock()
+        self._auth_lock = threading.Lock()
+        self._token: str | None = None
+        self.closed = threading.Event()
+
+    # members ----------------------------------------------------------------------------------
+    def current(self) -> int:
+        with self._lock:
+            return self._current
+
+    def stubs(self, index: int) -> _Stubs:
+        with self._lock:
+            if self.closed.is_set():
+                raise Closed(f"the backend for {self.where} is closed")
+            stubs = self._stubs[index]
+            if stubs is None:
+                stubs = self._stubs[index] = self._make_stubs(self.settings.targets[index])
+            return stubs
+
+    def _make_stubs(self, target: str) -> _Stubs:
+        if self._credentials is not None:
+            channel = grpc.secure_channel(target, self._credentials, options=_CHANNEL_OPTIONS)
+        else:
+            channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        return _Stubs(channel, etcdrpc.KVStub(channel), etcdrpc.LeaseStub(channel), etcdrpc.WatchStub(channel),
+                      etcdrpc.AuthStub(channel))
+
+    def fail_over(self, index: int) -> None:
+        """The member at ``index`` failed: use the next one (if it was the one in use)."""
+        targets = self.settings.targets
+        with self._lock:
+            if self._current == index and len(targets) > 1:
+                self._current = (index + 1) % len(targets)
+                _log.info("etcd member %s failed; using %s", targets[index], targets[self._current])
+
+    # auth -------------------------------------------------------------------------------------
+    @property
+    def token(self) -> str | None:
+        return self._token
+
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        token = self._token
+        return (("token", token),) if token else None
+
+    def authenticate(self, deadline: float | None = None, stale: str | None = None) -> None:
+        """Get a fresh auth token, unless another thread already replaced ``stale``."""
+        user, password = self.settings.user, self.settings.password
+        if user is None or password is None:
+            return
+        with self._auth_lock:
+            if stale is not None and self._token != stale:
+                return
+            request = etcdrpc.AuthenticateRequest(name=user, password=password)
+            response = self.call("authentication", lambda s, t, _: s.auth.Authenticate(request, timeout=t),
+                                 deadline=deadline, renew=False)
+            self._token = response.token
+            _log.debug("authenticated to %s as %s", self.where, user)
+
+    # calls --------------------------------------------------------------------------------------
+    def call(self, what: str, invoke: Invoke, *, deadline: float | None = None, renew: bool = True) -> Any:
+        """Run ``invoke`` on the member in use, failing over and retrying until the deadline.
+
+        An invalid auth token is renewed once. Errors leave through :func:`translate`.
+        """
+        deadline = time.monotonic() + self.timeout if deadline is None else deadline
+        attempt = 0
+        while True:
+            index = self.current()
+            token = self._token
+            try:
+                return invoke(self.stubs(index), self._attempt_timeout(deadline), self.metadata())
+            except Exception as exc:
+                if renew and _is_invalid_token(exc):
+                    renew = False
+                    self._renew(what, deadline, token, exc)
+                    continue
+                if _status(exc)[0] not in _RETRYABLE or time.monotonic() >= deadline or self.closed.is_set():
+                    raise translate(exc, what, self.where, self.settings.password) from exc
+                self.fail_over(index)
+                attempt += 1
+                self._backoff(attempt, deadline)
+
+    def _renew(self, what: str, deadline: float, stale: str | None, cause: BaseException) -> None:
+        try:
+            self.authenticate(deadline, stale)
+        except WaypostError as exc:
+            raise exc from cause
+
+    def _attempt_timeout(self, deadline: float) -> float:
+        remaining = max(deadline - time.monotonic(), 0.001)
+        members = len(self.settings.targets)
+        # With several members, leave time to try another one after a silent member.
+        return remaining if members == 1 else max(min(remaining, 1.0), remaining / members)
+
+    def _backoff(self, attempt: int, deadline: float) -> None:
+        if attempt % len(self.settings.targets):
+            return  # try the next member right away
+        rounds = attempt // len(self.settings.targets)
+        delay = min(_BACKOFF_MIN * 2 ** (rounds - 1), 0.5, max(deadline - time.monotonic(), 0.0))
+        self.closed.wait(delay)
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed.set()
+            stubs, self._stubs = self._stubs, [None] * len(self._stubs)
+        for item in stubs:
+            if item is not None:
+                item.channel.close()
+
+
+def _first_response(stream: Any) -> Any:
+    """The first response of a streaming call; the stream is cancelled afterwards."""
+    try:
+        for response in stream:
+            return response
+    finally:
+        stream.cancel()
+    raise BackendUnavailable("etcd closed the stream without answering")
+
+
+def _range_end(key: bytes) -> bytes:
+    """The end of the key range holding every key that starts with ``key``."""
+    end = bytearray(key)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"  # every key
+
+
+# ----------------------------------------------------------------------------------------------
+# watch
+# ----------------------------------------------------------------------------------------------
+
+class _StreamLost(BackendUnavailable):
+    """The watch stream ended; ``stalled`` when the server stopped answering."""
+
+    def __init__(self, message: str, stalled: bool = False) -> None:
+        super().__init__(message)
+        self.stalled = stalled
+
+
+class _Resync(Exception):
+    """The stream cannot continue from history: re-list."""
+
+
+_TIMEOUT = object()
+
+
+class _Stream:
+    """One gRPC Watch stream: requests through a queue, responses read by a thread."""
+
+    def __init__(self, conn: _Connection, index: int) -> None:
+        self._conn = conn
+        self.token = conn.token  # the token the stream was opened with
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._responses: queue.SimpleQueue[tuple[Any, BaseException | None]] = queue.SimpleQueue()
+        try:
+            self.call = conn.stubs(index).watch.Watch(self._request_iterator(), metadata=conn.metadata())
+        except Exception as exc:
+            raise translate(exc, "watch", conn.where) from exc
+        self._reader = threading.Thread(target=self._read, name="waypost-etcd-watch-stream", daemon=True)
+        self._reader.start()
+
+    def _request_iterator(self) -> Iterator[Any]:
+        while (request := self._requests.get()) is not None:
+            yield request
+
+    def _read(self) -> None:
+        try:
+            for response in self.call:
+                self._responses.put((response, None))
+            self._responses.put((None, _StreamLost("etcd closed the watch stream")))
+        except Exception as exc:  # handed to the watch thread, translated there
+            self._responses.put((None, exc))
+
+    def send(self, request: Any) -> None:
+        self._requests.put(request)
+
+    def next(self, timeout: float) -> Any:
+        """The next response, or ``_TIMEOUT``; raise :class:`_StreamLost` once the stream ended."""
+        try:
+            response, error = self._responses.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return _TIMEOUT
+        if error is None:
+            return response
+        self._responses.put((None, error))  # later calls fail the same way
+        if isinstance(error, _StreamLost):
+            raise error
+        if _is_invalid_token(error):
+            self._conn.authenticate(stale=self.token)
+        conn = self._conn
+        raise _StreamLost(str(translate(error, "watch", conn.where, conn.settings.password))) from error
+
+    def close(self) -> None:
+        self._requests.put(None)  # ends the request iterator that gRPC's own thread consumes
+        self.call.cancel()
+        if self._reader is not threading.current_thread():
+            self._reader.join()
+
+
+class _EtcdWatch:
+    """A watch of one prefix: a supervising thread owning a (re)connecting stream."""
+
+    def __init__(self, backend: EtcdBackend, prefix: str, sink: WatchSink) -> None:
+        self._backend = backend
+        self._conn = backend.conn
+        self._prefix = prefix
+        self._key = backend.key(prefix)
+        self._sink = sink
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._stream: _Stream | None = None
+        self._probe_interval = min(2.0, self._conn.timeout / 2)
+        self._failures = 0  # consecutive stream failures
+        items, self._revision = backend.range(prefix)
+        sink.reset(items, None)
+        self._thread = threading.Thread(target=self._run, name="waypost-etcd-watch", daemon=True)
+        self._thread.start()
+
+    # supervisor -----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        resync: str | None = None  # why the next stream must start from a fresh list
+        try:
+            while not self._stop.is_set():
+                try:
+                    if resync is not None:
+                        self._relist(resync)
+                        resync = None
+                    self._follow()
+                except _Resync as exc:
+                    resync = str(exc)
+                except WaypostError as exc:
+                    if self._stop.is_set():
+                        return
+                    self._failures += 1
+                    resync = self._on_failure(exc, resync)
+        except Exception as exc:  # a bug, not an outage: end the watch loudly
+            _log.exception("etcd watch of %s failed", self._prefix)
+            if not self._stop.is_set():
+                self._sink.failed(exc)
+        finally:
+            with self._lock:
+                self._drop_stream()
+
+    def _on_failure(self, exc: WaypostError, resync: str | None) -> str | None:
+        stalled = isinstance(exc, _StreamLost) and exc.stalled
+        if self._failures == 1 and not stalled and resync is None:
+            return None  # first break of a healthy stream: resume from history at once
+        self._sink.interrupted(str(exc))
+        self._stop.wait(min(_BACKOFF_MIN * 2 ** self._failures, _BACKOFF_MAX))
+        # Reported as interrupted: re-list on recovery, so consumers get a Resynced notice.
+        return f"reconnected after: {exc}"
+
+    def _relist(self, reason: str) -> None:
+        items, revision = self._backend.range(self._prefix)
+        if self._stop.is_set():
+            return
+        self._sink.reset(items, reason)
+        self._revision = revision
+
+    def _follow(self) -> None:
+        """Open a stream from the next revision and deliver its events until it breaks."""
+        index = self._conn.current()
+        try:
+            stream = self._open(index)
+            self._failures = 0
+            self._pump(stream, index)
+        except _StreamLost:
+            if not self._stop.is_set():
+                self._conn.fail_over(index)
+            raise
+
+    def _pump(self, stream: _Stream, index: int) -> None:
+        pending_since: float | None = None  # when the unanswered progress request was sent
+        last_seen = time.monotonic()
+        while not self._stop.is_set():
+            response = stream.next(self._probe_interval if pending_since is None else self._probe_interval / 2)
+            if response is not _TIMEOUT:
+                pending_since, last_seen = None, time.monotonic()
+                self._deliver(response)
+            elif pending_since is None:
+                if time.monotonic() - last_seen >= self._probe_interval:
+                    stream.send(etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest()))
+                    pending_since = time.monotonic()
+            else:
+                self._probe(index)
+                pending_since, last_seen = None, time.monotonic()
+
+    def _open(self, index: int) -> _Stream:
+        stream = _Stream(self._conn, index)
+        with self._lock:
+            if self._stop.is_set():
+                stream.close()
+                raise Closed("watch closed")
+            self._drop_stream()
+            self._stream = stream
+        create = etcdrpc.WatchCreateRequest(key=self._key, range_end=_range_end(self._key),
+                                            start_revision=self._revision + 1)
+        stream.send(etcdrpc.WatchRequest(create_request=create))
+        response = stream.next(self._conn.timeout)
+        if response is _TIMEOUT:
+            raise _StreamLost(f"etcd at {self._conn.where} did not open a watch in time", stalled=True)
+        self._check_created(response, stream.token)
+        return stream
+
+    def _check_created(self, response: Any, token: str | None) -> None:
+        if response.compact_revision:
+            raise _Resync(f"etcd history was compacted past revision {self._revision}")
+        if response.canceled or not response.created:
+            reason = response.cancel_reason or "not created"
+            if "permission denied" in reason or "auth" in reason:
+                self._conn.authenticate(stale=token)  # a stale token shows up as "permission denied"
+            raise _StreamLost(f"etcd refused the watch: {reason}")
+        if response.header.revision < self._revision:
+            raise _Resync("the etcd store's revision went backwards (its data was replaced)")
+
+    def _probe(self, index: int) -> None:
+        """A progress request went unanswered: is the member alive? (a one-key linearizable read)"""
+        request = etcdrpc.RangeRequest(key=self._key, count_only=True)
+        token = self._conn.token
+        try:
+            self._conn.stubs(index).kv.Range(request, timeout=self._conn.timeout, metadata=self._conn.metadata())
+        except Exception as exc:
+            if _is_invalid_token(exc):
+                self._conn.authenticate(stale=token)
+                return
+            cause = translate(exc, "a liveness probe", self._conn.where)
+            raise _StreamLost(f"etcd at {self._conn.where} stopped answering ({cause})", stalled=True) from exc
+
+    def _deliver(self, response: Any) -> None:
+        if response.compact_revision:
+            raise _Resync(f"etcd history was compacted past revision {self._revision}")
+        if response.canceled:
+            raise _StreamLost(f"etcd canceled the watch: {response.cancel_reason}")
+        for event in response.events:
+            key = self._backend.unkey(event.kv.key)
+            if event.type == event.PUT:
+                self._sink.put(key, event.kv.value)
+            else:
+                self._sink.delete(key)
+            self._revision = event.kv.mod_revision
+        if not response.events and not response.created:
+            # A progress notification: every change up to header.revision was delivered.
+            self._revision = max(self._revision, response.header.revision)
+
+    # lifecycle --------------------------------------------------------------------------------
+    def _drop_stream(self) -> None:
+        """Close the current stream; called with ``self._lock`` held."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop.set()
+            stream = self._stream
+        if stream is not None:
+            stream.call.cancel()  # wakes the supervisor; it closes the stream itself
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        self._backend.forget(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# the backend
+# ----------------------------------------------------------------------------------------------
+
+_OPTIONS = (
+    Option("timeout", parse_float(0.1, 3600.0), 5.0,
+           "seconds an etcd operation may take (retries and fail-over included)"),
+    Option("ca_cert", parse_str, None, "PEM file of the CA of the etcd server certificate (etcds://)",
+           env="ETCD_AUTH_CA"),
+    Option("cert_cert", parse_str, None, "PEM client certificate for mutual TLS", env="ETCD_AUTH_CLIENT_CERT"),
+    Option("cert_key", parse_str, None, "PEM client key for mutual TLS", env="ETCD_AUTH_CLIENT_KEY"),
+    Option("user", parse_str, None, "etcd user name", env="ETCD_AUTH_USERNAME"),
+    Option("password", parse_str, None, "etcd password", env="ETCD_AUTH_PASSWORD", secret=True),
+    Option("root", parse_str, "", "key prefix (default none: keys are exactly Dynamo's v1/instances/...)"),
+)
+
+
+class EtcdBackend(Backend):
+    __doc__ = __doc__
+    schemes: ClassVar[tuple[str, ...]] = ("etcd", "etcds")
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({
+        Capability.CROSS_PROCESS, Capability.CROSS_HOST, Capability.SERVER_EXPIRY,
+        Capability.TLS, Capability.AUTH, Capability.WATCH_HISTORY,
+    })
+    options: ClassVar[tuple[Option, ...]] = _OPTIONS
+    runtime_option_env: ClassVar[Mapping[str, str]] = {"ttl": "ETCD_LEASE_TTL"}
+    min_ttl: ClassVar[float] = 1.0
+
+    def __init__(self, settings: _Settings) -> None:
+        self.settings = settings
+        self.root = settings.root.encode()
+        self.conn = _Connection(settings)
+        self._watches: weakref.WeakSet[_EtcdWatch] = weakref.WeakSet()
+        self._watches_lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: ParsedURL, options: Mapping[str, Any]) -> EtcdBackend:
+        backend = cls(_settings(url, options))
+        try:
+            backend.conn.authenticate()
+        except BaseException:
+            backend.close()
+            raise
+        return backend
+
+    def describe(self) -> str:
+        return self.settings.where
+
+    def __repr__(self) -> str:
+        return f"<EtcdBackend {self.settings.where}>"
+
+    # keys ---------------------------------------------------------------------------------------
+    def key(self, key: str) -> bytes:
+        return self.root + key.encode()
+
+    def unkey(self, key: bytes) -> str:
+        return key[len(self.root):].decode("utf-8", errors="replace")
+
+    # leases ---------------------------------------------------------------------------------------
+    def grant_lease(self, ttl: float, preferred_id: int | None = None) -> Lease:
+        # etcd picks lease ids; like Dynamo, a lost lease is replaced by one with a new id.
+        request = etcdrpc.LeaseGrantRequest(TTL=max(1, math.ceil(ttl)))
+        response = self.conn.call("lease grant", lambda s, t, m: s.lease.LeaseGrant(request, timeout=t, metadata=m))
+        if response.error:
+            raise BackendUnavailable(f"etcd at {self.describe()} refused a lease: {response.error}")
+        return Lease(int(response.ID), float(response.TTL))
+
+    def keep_alive(self, lease: Lease) -> None:
+        request = etcdrpc.LeaseKeepAliveRequest(ID=lease.id)
+        response = self.conn.call("lease keepalive", lambda s, t, m: _first_response(
+            s.lease.LeaseKeepAlive(iter((request,)), timeout=t, metadata=m)))
+        if response.TTL <= 0:
+            raise LeaseLost(f"etcd lease {lease.id:x} has expired or was revoked")
+
+    def revoke_lease(self, lease_id: int) -> None:
+        request = etcdrpc.LeaseRevokeRequest(ID=lease_id)
+        with contextlib.suppress(LeaseLost):  # already gone: nothing to do
+            self.conn.call("lease revoke", lambda s, t, m: s.lease.LeaseRevoke(request, timeout=t, metadata=m))
+
+    # keys ---------------------------------------------------------------------------------------
+    def create(self, lease: Lease, key: str, value: bytes) -> None:
+        raw = self.key(key)
+        request = etcdrpc.TxnRequest(
+            compare=[etcdrpc.Compare(result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.CREATE, key=raw,
+                                     create_revision=0)],
+            success=[etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=raw, value=value, lease=lease.id))],
+            failure=[etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=raw, keys_only=True))],
+        )
+        response = self.conn.call("register", lambda s, t, m: s.kv.Txn(request, timeout=t, metadata=m))
+        if response.succeeded:
+            return
+        existing = response.responses[0].response_range.kvs
+        if existing and existing[0].lease == lease.id:
+            # Our own earlier attempt landed but its answer was lost (a retried timeout).
+            self.replace(lease, key, value)
+            return
+        owner = f"lease {existing[0].lease:x}" if existing else "another writer"
+        raise AlreadyRegistered(f"{key} is already registered in etcd ({owner})")
+
+    def replace(self, lease: Lease, key: str, value: bytes) -> None:
+        request = etcdrpc.PutRequest(key=self.key(key), value=value, lease=lease.id)
+        self.conn.call("register", lambda s, t, m: s.kv.Put(request, timeout=t, metadata=m))
+
+    def delete(self, lease: Lease, key: str) -> None:
+        request = etcdrpc.DeleteRangeRequest(key=self.key(key))
+        self.conn.call("unregister", lambda s, t, m: s.kv.DeleteRange(request, timeout=t, metadata=m))
+
+    def range(self, prefix: str) -> tuple[list[tuple[str, bytes]], int]:
+        """Every ``(key, value)`` under ``prefix`` and the store revision they were read at."""
+        raw = self.key(prefix)
+        request = etcdrpc.RangeRequest(key=raw, range_end=_range_end(raw))
+        response = self.conn.call("list", lambda s, t, m: s.kv.Range(request, timeout=t, metadata=m))
+        unkey = self.unkey
+        return [(unkey(kv.key), kv.value) for kv in response.kvs], int(response.header.revision)
+
+    def list(self, prefix: str) -> list[tuple[str, bytes]]:
+        return self.range(prefix)[0]
+
+    # watches ----------------------------------------------------------------------------------------
+    def watch(self, prefix: str, sink: WatchSink) -> WatchHandle:
+        watch = _EtcdWatch(self, prefix, sink)
+        with self._watches_lock:
+            self._watches.add(watch)
+        return watch
+
+    def forget(self, watch: _EtcdWatch) -> None:
+        with self._watches_lock:
+            self._watches.discard(watch)
+
+    def close(self) -> None:
+        with self._watches_lock:
+            watches = list(self._watches)
+        for watch in watches:
+            watch.close()
+        self.conn.close()
+
+
+@hookimpl
+def waypost_backend_class(scheme: str) -> type[Backend] | None:
+    return EtcdBackend if scheme in EtcdBackend.schemes else None
+
+
+@hookimpl
+def waypost_backend(url: ParsedURL, options: Mapping[str, Any]) -> Backend | None:
+    return EtcdBackend.from_url(url, options) if url.scheme in EtcdBackend.schemes else None

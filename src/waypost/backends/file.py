@@ -1,0 +1,777 @@
+"""Embedded file backend: ``file:///path`` — Dynamo's own file discovery store.
+
+Several processes on one machine find each other through a directory; no
+server runs. The layout is Dynamo's file store, so a waypost process and a
+Dynamo process (``DYN_DISCOVERY_BACKEND=file``) sharing the directory see each
+other's instances and reap each other's dead.
+
+URL grammar
+    ``file:///absolute/path`` (``file://localhost/absolute/path`` too; ``%20``
+    and friends are decoded). ``file://`` with no path is the default
+    directory: ``$DYN_FILE_KV`` if set, else ``$TMPDIR/dynamo_store_kv``
+    (``tempfile.gettempdir()``). ``waypost.connect()`` with no URL and no
+    environment uses that default. A missing directory is created, parents too.
+
+Layout (design §3)
+    ``<root>/v1/instances/`` holds one file per registered endpoint instance.
+    Its name is the key relative to that bucket, ``ns/comp/ep/<hex id>``, with
+    every byte outside ``[A-Za-z0-9]`` written as ``%XX`` (uppercase hex), so
+    ``dynamo/backend/generate/6f64a219dfbb2106`` is stored as
+    ``dynamo%2Fbackend%2Fgenerate%2F6f64a219dfbb2106``. Its content is the
+    instance's compact JSON value, byte for byte. A file is published
+    atomically: written to ``.tmp_<hex>`` in the same directory, then
+    ``link()``-ed to its name (create-only: the kernel lets exactly one of two
+    racing processes win) or ``rename()``-d over it (re-registration). Names
+    starting with ``.tmp_`` are never read.
+
+    waypost also keeps one *lease file* per Runtime in ``<root>/.waypost/leases/
+    <hex id>`` (Dynamo never looks there). It makes "this instance id is held
+    by a live Runtime" exact even before the Runtime registers anything, and it
+    lets another process revoke a lease.
+
+Liveness
+    By modification time. Each Runtime's keepalive thread touches its lease
+    file and every instance file it owns every ttl/3; if one of them vanished
+    (reaped or revoked by someone else) the Runtime is told its lease was lost
+    and re-registers everything under the same id. Any process deletes files
+    whose mtime is more than ``stale_after`` seconds old when it sees them: on
+    every ``list``, every watch scan and every keepalive. A crashed
+    (SIGKILLed) process therefore disappears within ttl + ``poll_interval``
+    for any watcher, and from any ``list``, as long as *some* process reads
+    the directory (there is no server to expire files on its own; this backend
+    does not declare ``server-expiry``).
+
+Options (URL query ``file:///dir?stale_after=10`` or ``connect()`` keywords)
+    ``stale_after``
+        seconds after its last touch when a file counts as dead and is
+        deleted. Default: the Runtime's ``ttl`` (default 10 s, Dynamo's
+        value). Every process sharing a directory must agree: a process with
+        a small ttl would reap the files of a process with a larger one
+        (Dynamo touches every ~3 s and uses 10 s), so when sharing with Dynamo
+        keep ``ttl=10`` or set ``stale_after=10``.
+    ``poll_interval``
+        seconds between a watch's full directory scans (which also reap
+        stale files). Default ``min(0.25, stale_after / 4)``.
+    ``watcher``
+        ``auto`` (default): inotify through ``watchfiles`` when installed
+        (``pip install 'waypost[file]'``), else polling; ``inotify`` requires
+        it; ``poll`` never uses it. inotify only makes other processes'
+        changes arrive in milliseconds instead of within ``poll_interval``;
+        changes made by this process reach its watches at once either way.
+
+Instance ids
+    A random non-zero u64 per Runtime, or the ``instance_id`` you ask for
+    (``chosen-instance-id``): refused with ``AlreadyRegistered`` while a fresh
+    lease file, or fresh instance files of another process, carry that id.
+
+Watches
+    The snapshot, then events: changes made by Runtimes in this process are
+    delivered in order with their values; changes made by other processes are
+    found by scanning the directory (woken by inotify, and at least every
+    ``poll_interval``) and delivered as the minimal diff since the last scan.
+    An unreadable directory interrupts the watch; it resyncs when readable.
+
+Permissions
+    Directories are created ``0700`` and files ``0600``: only the same user
+    can read them. Run the Dynamo and waypost processes that share a store as
+    one user (an existing directory's mode is left alone).
+
+Limits
+    One host, or a shared filesystem with coherent mtimes and clocks and
+    working hard links (NFS caching makes that unreliable: not ``cross-host``).
+    Undecodable file names, sub-directories and unreadable files in the bucket
+    are skipped with one warning each; undecodable contents are skipped with
+    the usual codec warning. Minimum ttl: 1 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import queue
+import re
+import secrets
+import socket
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import unquote, unquote_to_bytes
+
+from waypost.core import (
+    KEY_ROOT,
+    AlreadyRegistered,
+    Backend,
+    BackendUnavailable,
+    Capability,
+    Closed,
+    ConfigError,
+    Lease,
+    LeaseLost,
+    Option,
+    ParsedURL,
+    WatchHandle,
+    WatchSink,
+    WaypostError,
+    hookimpl,
+    parse_choice,
+    parse_float,
+    random_instance_id,
+)
+
+__all__ = ["FileBackend", "decode_name", "default_root", "encode_name"]
+
+_log = logging.getLogger("waypost")
+
+TMP_PREFIX = ".tmp_"
+LEASE_DIR = (".waypost", "leases")
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ENCODED_NAME = re.compile(r"(?:[A-Za-z0-9]|%[0-9A-F]{2})+")
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+_MAX_NAME = 255  # bytes in one file name on every common Linux filesystem
+_TMP_GRACE = 60.0  # a .tmp_ file lives microseconds; one this old was left by a crash
+
+
+# Names and paths ------------------------------------------------------------------
+
+def encode_name(relative_key: str) -> str:
+    """A key relative to its bucket as a file name: bytes outside ``[A-Za-z0-9]`` → ``%XX``."""
+    return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in relative_key.encode())
+
+
+def decode_name(name: str) -> str | None:
+    """The relative key a file name encodes, or ``None`` if it is not a canonical encoding."""
+    if _ENCODED_NAME.fullmatch(name) is None:
+        return None
+    try:
+        return unquote_to_bytes(name).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def default_root() -> Path:
+    """``$DYN_FILE_KV``, else ``$TMPDIR/dynamo_store_kv`` (Dynamo's default)."""
+    configured = os.environ.get("DYN_FILE_KV")
+    return Path(configured) if configured else Path(tempfile.gettempdir()) / "dynamo_store_kv"
+
+
+def _relative_prefix(prefix: str) -> str | None:
+    """``prefix`` relative to the instances bucket; ``None`` if it names another bucket."""
+    bucket = KEY_ROOT + "/"
+    if prefix.startswith(bucket):
+        return prefix[len(bucket):]
+    return "" if bucket.startswith(prefix) else None
+
+
+def _unavailable(action: str, path: Path | str, exc: OSError) -> BackendUnavailable:
+    error = BackendUnavailable(f"file:// store: cannot {action} {path}: {exc.strerror or exc}")
+    error.__cause__ = exc
+    return error
+
+
+def _ensure_dir(path: Path) -> None:
+    """Create ``path`` and missing parents ``0700``; a clear error if it cannot be used."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        for directory in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # another process made it first
+                directory.mkdir(mode=_DIR_MODE)
+    except (NotADirectoryError, FileExistsError):
+        raise ConfigError(f"file:// store: {path} or one of its parents is a file, not a directory") from None
+    except PermissionError:
+        raise ConfigError(f"file:// store: cannot create {path}: permission denied; "
+                          "choose a writable directory (file:///path or DYN_FILE_KV)") from None
+    except OSError as exc:
+        raise _unavailable("create", path, exc) from exc
+    if not path.is_dir():
+        raise ConfigError(f"file:// store: {path} is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"file:// store: {path} is not writable by this user (uid {os.getuid()}); "
+                          "choose a writable directory (file:///path or DYN_FILE_KV)")
+
+
+def _unlink(path: Path) -> bool:
+    """Delete ``path``; ``False`` if it was already gone."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise _unavailable("delete", path, exc) from exc
+    return True
+
+
+def _touch(path: Path) -> bool:
+    """Set ``path``'s mtime to now; ``False`` if it is gone."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise _unavailable("touch", path, exc) from exc
+    return True
+
+
+# In-process fan-out ----------------------------------------------------------------
+
+class _Shared:
+    """What this process's backends on one bucket directory share.
+
+    File operations and their notifications happen under ``lock``, so watches
+    in this process receive this process's changes in the order they hit disk.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.watches: list[_FileWatch] = []
+
+    def publish(self, kind: str, key: str, value: bytes = b"") -> None:
+        for watch in self.watches:
+            watch.notify(kind, key, value)
+
+
+_shared: dict[str, _Shared] = {}
+_shared_lock = threading.Lock()
+
+
+def _shared_for(bucket: Path) -> _Shared:
+    with _shared_lock:
+        return _shared.setdefault(os.path.realpath(bucket), _Shared())
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """A file as a watch last saw it; ``signature`` is ``None`` when learnt from a notification."""
+
+    signature: tuple[int, int, int] | None  # inode, size, mtime_ns
+    value: bytes
+
+
+_Entry = tuple[str, Path, os.stat_result]  # key, path, stat
+_Entries = list[_Entry]  # `list` is shadowed inside FileBackend by its method
+
+
+# The backend ------------------------------------------------------------------------
+
+class FileBackend(Backend):
+    __doc__ = __doc__
+    schemes: ClassVar[tuple[str, ...]] = ("file",)
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.CROSS_PROCESS, Capability.CHOSEN_INSTANCE_ID}
+    )
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("stale_after", parse_float(0.5, 86400.0), None,
+               "seconds after its last touch when a file is dead and deleted (default: the ttl)"),
+        Option("poll_interval", parse_float(0.01, 60.0), None,
+               "seconds between a watch's directory scans (default: min(0.25, stale_after/4))"),
+        Option("watcher", parse_choice("auto", "inotify", "poll"), "auto",
+               "how watches notice other processes' changes: inotify via watchfiles (auto, inotify) or polling"),
+    )
+    min_ttl: ClassVar[float] = 1.0
+
+    def __init__(self, root: Path, *, stale_after: float | None = None, poll_interval: float | None = None,
+                 watcher: str = "auto") -> None:
+        self.root = root
+        self.bucket = root.joinpath(*KEY_ROOT.split("/"))
+        self.lease_dir = root.joinpath(*LEASE_DIR)
+        _ensure_dir(self.bucket)
+        _ensure_dir(self.lease_dir)
+        self.use_inotify = _pick_watcher(watcher)
+        self._stale_after = stale_after
+        self._poll_interval = poll_interval
+        self._ttl = 10.0
+        self._shared = _shared_for(self.bucket)
+        self._owned: dict[int, dict[str, Path]] = {}  # lease id -> key -> path; guarded by _shared.lock
+        self._warned: set[str] = set()
+        self._watches: set[_FileWatch] = set()
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: ParsedURL, options: Mapping[str, Any]) -> FileBackend:
+        for host, port in url.hosts:
+            if host not in ("", "localhost") or port is not None:
+                raise ConfigError(f"file:// URLs name a local directory, not host {host!r}: "
+                                  "write file:///absolute/path (three slashes)")
+        path = unquote(url.path)
+        return cls(Path(path) if path else default_root(), stale_after=options.get("stale_after"),
+                   poll_interval=options.get("poll_interval"), watcher=options.get("watcher") or "auto")
+
+    def describe(self) -> str:
+        return f"file://{self.root}"
+
+    @property
+    def stale_after(self) -> float:
+        return self._stale_after if self._stale_after is not None else self._ttl
+
+    @property
+    def poll_interval(self) -> float:
+        return self._poll_interval if self._poll_interval is not None else min(0.25, self.stale_after / 4)
+
+    def _check(self) -> None:
+        if self._closed:
+            raise Closed(f"{self.describe()} backend is closed")
+
+    def _path(self, key: str) -> Path:
+        relative = _relative_prefix(key)
+        if not relative:
+            raise ConfigError(f"the file:// store keeps keys under {KEY_ROOT}/ only, got {key!r}")
+        name = encode_name(relative)
+        if len(name) > _MAX_NAME:
+            raise ConfigError(f"key {key!r} is too long for the file:// store: its file name would have "
+                              f"{len(name)} bytes (at most {_MAX_NAME})")
+        return self.bucket / name
+
+    def _marker(self, lease_id: int) -> Path:
+        return self.lease_dir / f"{lease_id:x}"
+
+    def _warn_once(self, name: str, message: str) -> None:
+        if name not in self._warned:
+            self._warned.add(name)
+            _log.warning("%s", message)
+
+    # leases ---------------------------------------------------------------------------
+    def grant_lease(self, ttl: float, preferred_id: int | None = None) -> Lease:
+        self._check()
+        self._ttl = ttl
+        if preferred_id is not None:
+            if not self._claim(preferred_id, check_files=True):
+                raise AlreadyRegistered(f"instance id {preferred_id:x} is held by a live Runtime "
+                                        f"(fresh lease file or instance files in {self.root})")
+            return Lease(preferred_id, ttl)
+        lease_id = random_instance_id()
+        while not self._claim(lease_id, check_files=False):
+            lease_id = random_instance_id()
+        return Lease(lease_id, ttl)
+
+    def _claim(self, lease_id: int, check_files: bool) -> bool:
+        """Create (or, for our own lost lease, refresh) the lease file of ``lease_id``."""
+        marker = self._marker(lease_id)
+        with self._shared.lock:
+            if lease_id in self._owned:
+                # Our own lease, lost and re-granted: its lease file may still be there.
+                claimed = _touch(marker) or self._create_marker(marker)
+            elif check_files and self._fresh_files_of(lease_id):
+                claimed = False
+            else:
+                claimed = self._create_marker(marker) or (self._reap(marker, None) and self._create_marker(marker))
+            if claimed:
+                self._owned.setdefault(lease_id, {})
+            return claimed
+
+    def _create_marker(self, marker: Path) -> bool:
+        """Create a lease file exclusively; ``False`` if it exists."""
+        content = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode()
+        for attempt in range(2):
+            try:
+                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+            except FileExistsError:
+                return False
+            except FileNotFoundError:
+                if attempt:
+                    raise
+                _ensure_dir(self.lease_dir)  # someone removed the store; start it again
+                continue
+            except OSError as exc:
+                raise _unavailable("create lease file", marker, exc) from exc
+            with os.fdopen(fd, "wb") as file:
+                file.write(content)
+            return True
+        return False
+
+    def _fresh_files_of(self, lease_id: int) -> bool:
+        suffix = f"/{lease_id:x}"
+        return any(key.endswith(suffix) for key, _, _ in self._scan(""))
+
+    def keep_alive(self, lease: Lease) -> None:
+        self._check()
+        with self._shared.lock:
+            owned = self._owned.get(lease.id)
+            if owned is None:
+                raise LeaseLost(f"file:// lease {lease.id:x} was revoked")
+            missing = [path for path in (self._marker(lease.id), *owned.values()) if not _touch(path)]
+        if missing:
+            raise LeaseLost(f"{missing[0]} was removed: it went stale and was reaped, "
+                            "or another process revoked the lease")
+        self._reap_everything()
+
+    def revoke_lease(self, lease_id: int) -> None:
+        self._check()
+        suffix = f"/{lease_id:x}"
+        with self._shared.lock:
+            doomed = {key: path for key, path, _ in self._scan("") if key.endswith(suffix)}
+            doomed.update(self._owned.pop(lease_id, {}))
+            for key, path in sorted(doomed.items()):
+                if _unlink(path):
+                    self._shared.publish("delete", key)
+            _unlink(self._marker(lease_id))
+
+    def _require_lease(self, lease: Lease) -> dict[str, Path]:
+        owned = self._owned.get(lease.id)
+        if owned is None:
+            raise LeaseLost(f"file:// lease {lease.id:x} was revoked")
+        if not self._marker(lease.id).exists():
+            raise LeaseLost(f"file:// lease {lease.id:x} is gone: {self._marker(lease.id)} was removed")
+        return owned
+
+    # writing ----------------------------------------------------------------------------
+    def create(self, lease: Lease, key: str, value: bytes) -> None:
+        self._check()
+        path = self._path(key)
+        with self._shared.lock:
+            owned = self._require_lease(lease)
+            tmp = self._write_tmp(value)
+            try:
+                self._link(tmp, path, key)
+            finally:
+                _unlink(tmp)
+            owned[key] = path
+            self._shared.publish("put", key, value)
+
+    def _link(self, tmp: Path, path: Path, key: str) -> None:
+        """Publish ``tmp`` as ``path`` only if absent (a stale leftover counts as absent)."""
+        for attempt in range(2):
+            try:
+                os.link(tmp, path)
+                return
+            except FileExistsError:
+                if attempt or not self._reap(path, key):
+                    raise AlreadyRegistered(f"{key} is already registered (live file {path})") from None
+            except OSError as exc:
+                raise _unavailable("publish", path, exc) from exc
+
+    def replace(self, lease: Lease, key: str, value: bytes) -> None:
+        self._check()
+        path = self._path(key)
+        with self._shared.lock:
+            owned = self._require_lease(lease)
+            tmp = self._write_tmp(value)
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                _unlink(tmp)
+                raise _unavailable("publish", path, exc) from exc
+            owned[key] = path
+            self._shared.publish("put", key, value)
+
+    def _write_tmp(self, value: bytes) -> Path:
+        tmp = self.bucket / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        except FileNotFoundError:
+            _ensure_dir(self.bucket)  # someone removed the store; start it again
+            fd = self._open_tmp_again(tmp)
+        except OSError as exc:
+            raise _unavailable("write", tmp, exc) from exc
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(value)
+        except OSError as exc:
+            _unlink(tmp)
+            raise _unavailable("write", tmp, exc) from exc
+        return tmp
+
+    @staticmethod
+    def _open_tmp_again(tmp: Path) -> int:
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        except OSError as exc:
+            raise _unavailable("write", tmp, exc) from exc
+
+    def delete(self, lease: Lease, key: str) -> None:
+        self._check()
+        path = self._path(key)
+        with self._shared.lock:
+            removed = _unlink(path)  # first: if it fails, the key stays ours to retry
+            self._owned.get(lease.id, {}).pop(key, None)
+            if removed:
+                self._shared.publish("delete", key)
+
+    # reading ------------------------------------------------------------------------------
+    def list(self, prefix: str) -> list[tuple[str, bytes]]:
+        self._check()
+        return sorted((key, known.value) for key, known in self.refresh(prefix, {}).items())
+
+    def refresh(self, prefix: str, known: Mapping[str, _Known]) -> dict[str, _Known]:
+        """The files under ``prefix`` now, re-reading only those that changed since ``known``."""
+        fresh: dict[str, _Known] = {}
+        for key, path, st in self._scan(prefix):
+            signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+            old = known.get(key)
+            if old is not None and old.signature == signature:
+                fresh[key] = old
+                continue
+            value = self._read(path)
+            if value is not None:
+                fresh[key] = _Known(signature, value)
+        return fresh
+
+    def _read(self, path: Path) -> bytes | None:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None  # deleted since the directory was listed: it is simply gone
+        except OSError as exc:
+            self._warn_once(path.name, f"file:// store: skipping unreadable {path}: {exc.strerror or exc}")
+            return None
+
+    def _scan(self, prefix: str) -> _Entries:
+        """One listing of the bucket: live instance files under ``prefix``; stale ones are reaped."""
+        relative = _relative_prefix(prefix)
+        if relative is None:
+            return []
+        try:
+            with os.scandir(self.bucket) as listing:
+                entries = list(listing)
+        except FileNotFoundError:
+            return []  # the store was removed: it is empty
+        except OSError as exc:
+            raise _unavailable("list", self.bucket, exc) from exc
+        now = time.time()
+        found = [self._examine(entry, relative, now) for entry in entries]
+        return [item for item in found if item is not None]
+
+    def _examine(self, entry: os.DirEntry[str], relative: str, now: float) -> _Entry | None:
+        name = entry.name
+        if name.startswith(TMP_PREFIX):
+            self._reap_tmp(entry, now)
+            return None
+        key_in_bucket = decode_name(name)
+        if key_in_bucket is None:
+            self._warn_once(name, f"file:// store: ignoring {entry.path}: its name is not a %-encoded key")
+            return None
+        if not key_in_bucket.startswith(relative):
+            return None
+        key = f"{KEY_ROOT}/{key_in_bucket}"
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._warn_once(name, f"file:// store: skipping {entry.path}: {exc.strerror or exc}")
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            self._warn_once(name, f"file:// store: ignoring {entry.path}: not a regular file")
+            return None
+        if st.st_mtime + self.stale_after < now:
+            self._reap(Path(entry.path), key, st)
+            return None
+        return key, Path(entry.path), st
+
+    # reaping ------------------------------------------------------------------------------
+    def _reap(self, path: Path, key: str | None, seen: os.stat_result | None = None) -> bool:
+        """Delete ``path`` if it is (still) stale; ``True`` if it is gone now."""
+        with self._shared.lock:
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                return True
+            except OSError:
+                return False
+            replaced = seen is not None and st.st_ino != seen.st_ino
+            age = time.time() - st.st_mtime
+            if replaced or age <= self.stale_after:
+                return False
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return True
+            except OSError as exc:
+                self._warn_once(path.name, f"file:// store: cannot delete stale {path}: {exc.strerror or exc}")
+                return False
+            _log.info("file:// store: deleted %s, last touched %.1f s ago (stale after %.1f s)",
+                      key or path, age, self.stale_after)
+            if key is not None:
+                self._shared.publish("delete", key)
+            return True
+
+    def _reap_tmp(self, entry: os.DirEntry[str], now: float) -> None:
+        with contextlib.suppress(OSError):
+            if entry.stat(follow_symlinks=False).st_mtime + max(self.stale_after, _TMP_GRACE) < now:
+                os.unlink(entry.path)
+
+    def _reap_markers(self) -> None:
+        try:
+            with os.scandir(self.lease_dir) as listing:
+                names = [entry.name for entry in listing]
+        except OSError:
+            return
+        for name in names:
+            with contextlib.suppress(ValueError):
+                int(name, 16)  # anything else is not ours to delete
+                self._reap(self.lease_dir / name, None)
+
+    def _reap_everything(self) -> None:
+        """Delete every stale file, so readers that do not reap (older Dynamo) see the dead go."""
+        try:
+            self._scan("")
+            self._reap_markers()
+        except WaypostError as exc:
+            _log.debug("file:// store: reaping failed: %s", exc)
+
+    # watching ------------------------------------------------------------------------------
+    def watch(self, prefix: str, sink: WatchSink) -> WatchHandle:
+        self._check()
+        watch = _FileWatch(self, prefix, sink)
+        with self._shared.lock:
+            # Registered before the snapshot: a change racing with it is in both, never in neither.
+            self._shared.watches.append(watch)
+        try:
+            watch.start()
+        except BaseException:
+            self._forget(watch)
+            raise
+        self._watches.add(watch)
+        return watch
+
+    def _forget(self, watch: _FileWatch) -> None:
+        with self._shared.lock:
+            if watch in self._shared.watches:
+                self._shared.watches.remove(watch)
+        self._watches.discard(watch)
+
+    def close(self) -> None:
+        # Files stay: a closed backend without revoke_lease is a crashed process (they go stale).
+        self._closed = True
+        for watch in list(self._watches):
+            watch.close()
+
+
+def _pick_watcher(choice: str) -> bool:
+    installed = importlib.util.find_spec("watchfiles") is not None
+    if choice == "inotify" and not installed:
+        raise ConfigError("watcher=inotify needs the watchfiles package: pip install 'waypost[file]'")
+    return installed and choice != "poll"
+
+
+_SCAN = ("scan", "", b"")
+_STOP = ("stop", "", b"")
+_Change = tuple[str, str, bytes]  # ("put" | "delete" | "scan" | "stop", key, value)
+
+
+class _FileWatch:
+    """One watch: a thread applying this process's changes and directory scans, in order.
+
+    Scans find other processes' changes (and reap the dead); an optional
+    second thread turns inotify events into immediate scans.
+    """
+
+    def __init__(self, backend: FileBackend, prefix: str, sink: WatchSink) -> None:
+        self._backend = backend
+        self._prefix = prefix
+        self._sink = sink
+        self._changes: queue.SimpleQueue[_Change] = queue.SimpleQueue()
+        self._known: dict[str, _Known] = {}
+        self._stop = threading.Event()
+        self._interrupted = False
+        self._threads: list[threading.Thread] = []
+
+    def notify(self, kind: str, key: str, value: bytes) -> None:
+        if key.startswith(self._prefix):
+            self._changes.put((kind, key, value))
+
+    def start(self) -> None:
+        self._known = self._backend.refresh(self._prefix, {})
+        self._sink.reset(sorted((key, known.value) for key, known in self._known.items()), None)
+        self._threads.append(threading.Thread(target=self._run, name="waypost-file-watch", daemon=True))
+        if self._backend.use_inotify:
+            self._threads.append(threading.Thread(target=self._inotify, name="waypost-file-inotify", daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self) -> None:
+        interval = self._backend.poll_interval
+        next_scan = time.monotonic() + interval
+        while True:
+            try:
+                change = self._changes.get(timeout=max(0.0, next_scan - time.monotonic()))
+            except queue.Empty:
+                change = _SCAN
+            if change is _STOP or self._stop.is_set():
+                return
+            if change is not _SCAN:
+                self._apply(change)
+                continue
+            # Apply what is queued first, so that the scan is never older than the changes applied.
+            if not self._drain():
+                return
+            self._rescan()
+            next_scan = time.monotonic() + interval
+
+    def _drain(self) -> bool:
+        while True:
+            try:
+                change = self._changes.get_nowait()
+            except queue.Empty:
+                return True
+            if change is _STOP:
+                return False
+            if change is not _SCAN:
+                self._apply(change)
+
+    def _apply(self, change: _Change) -> None:
+        kind, key, value = change
+        if kind == "put":
+            old = self._known.get(key)
+            if old is None or old.value != value:
+                self._known[key] = _Known(None, value)
+                self._sink.put(key, value)
+        elif self._known.pop(key, None) is not None:
+            self._sink.delete(key)
+
+    def _rescan(self) -> None:
+        try:
+            fresh = self._backend.refresh(self._prefix, self._known)
+        except WaypostError as exc:
+            self._interrupted = True
+            self._sink.interrupted(str(exc))
+            return
+        old, self._known = self._known, fresh
+        if self._interrupted:
+            self._interrupted = False
+            self._sink.reset(sorted((key, known.value) for key, known in fresh.items()),
+                             "the store directory is readable again")
+            return
+        for key in sorted(old.keys() - fresh.keys()):
+            self._sink.delete(key)
+        for key, known in sorted(fresh.items()):
+            previous = old.get(key)
+            if previous is None or previous.value != known.value:
+                self._sink.put(key, known.value)
+
+    def _inotify(self) -> None:
+        """Wake the scanner when the directory changes (other processes' writes arrive in ms)."""
+        import watchfiles
+
+        try:
+            for _ in watchfiles.watch(self._backend.bucket, watch_filter=None, debounce=100, step=20,
+                                      stop_event=self._stop, recursive=False, raise_interrupt=False):
+                self._changes.put(_SCAN)
+        except Exception as exc:  # the periodic scan still runs: slower, never wrong
+            _log.info("file:// store: inotify watch of %s stopped (%s); polling every %.2f s",
+                      self._backend.bucket, exc, self._backend.poll_interval)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._changes.put(_STOP)
+        self._backend._forget(self)
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
+
+
+@hookimpl
+def waypost_backend_class(scheme: str) -> type[Backend] | None:
+    return FileBackend if scheme in FileBackend.schemes else None
+
+
+@hookimpl
+def waypost_backend(url: ParsedURL, options: Mapping[str, Any]) -> Backend | None:
+    return FileBackend.from_url(url, options) if url.scheme in FileBackend.schemes else None
