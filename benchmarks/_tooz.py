@@ -97,7 +97,7 @@ class ToozMember:
             prefix = coord._prefix_group(gid)
             lease = coord.client.lease(3600)
             for member, caps in members.items():
-                coord.client.put((prefix + member.encode()).decode(), utils.dumps(caps), lease=lease.id)
+                coord.client.put((prefix + member.encode()).decode(), utils.dumps(caps), lease=lease)
             self._populate_lease = lease
         else:  # redis driver
             client = coord._client

@@ -197,6 +197,10 @@ class Targets:
         return target
 
     def close(self) -> None:
+        for made in self._made.values():
+            if isinstance(made, Target):
+                for variant in made._variants.values():
+                    shutil.rmtree(variant.raw_options["root"], ignore_errors=True)
         for fn in reversed(self._cleanup):
             try:
                 fn()

@@ -49,12 +49,14 @@ Leases, expiry and the bound on crash detection
     ``CONFIG SET``): every script first *reaps* expired leases — it deletes
     their instances and logs the deletes. Scripts run on every keepalive
     (ttl/3), every list, and every watch poll (each watch polls at least every
-    min(ttl/4, 0.5 s)). Hence a crashed process is never listed after its
-    deadline (at most ttl after its last keepalive), and a watcher sees it
-    removed within ttl + min(ttl/4, 0.5 s) + one round trip of the crash —
-    provided some waypost Runtime or watch uses the same Redis and prefix. If
-    none is connected, the registration stays until the next one connects
-    (hence no ``server-expiry`` capability).
+    min(ttl/4, 0.5 s, timeout/2) — 0.5 s with the defaults). Hence a crashed
+    process is never listed after its deadline (at most ttl after its last
+    keepalive), and a watcher sees it removed within ttl + 0.5 s + one round
+    trip of the crash (measured: ~1.0 s at ttl=1, ~3.1 s at ttl=3) — provided
+    some waypost Runtime or watch uses the same Redis and prefix. If none is
+    connected, the registration stays until the next one connects or lists
+    (hence no ``server-expiry`` capability). The lease's own keepalive reaps
+    too, so without watchers the bound is ttl + ttl/3.
 
 Watch
     One script returns the snapshot under the prefix together with the epoch,
