@@ -7,6 +7,7 @@ conditions with deadlines, never fixed sleeps.
 from __future__ import annotations
 
 import asyncio
+import textwrap
 import threading
 import time
 import uuid
@@ -541,3 +542,13 @@ def test_pending_is_awaitable_once(url: str) -> None:
         await rt.close()
 
     run(main())
+
+
+def test_the_module_docstring_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    doc = aio.__doc__
+    assert doc is not None
+    example = textwrap.dedent(doc[doc.index("    import asyncio"):doc.index("Shapes")])
+    exec(compile(example, "waypost.aio docstring", "exec"), {"__name__": "example"})
+    out = capsys.readouterr().out
+    assert "Added(instance=Instance(namespace='dynamo'" in out
+    assert "dynamo/backend/generate/" in out

@@ -342,7 +342,7 @@ class Namespace:
 
     @property
     def sync(self) -> _SyncNamespace:
-        """The synchronous :class:`waypost.Namespace`."""
+        """The synchronous :class:`waypost.Namespace` (an escape hatch: it takes the core's lock)."""
         return self.runtime.sync.namespace(self.name)
 
     def namespace(self, child: str) -> Namespace:
@@ -516,12 +516,7 @@ _Push = Callable[[list[Event], bool, BaseException | None], None]
 
 def _track(runtime: _SyncRuntime, watch: _SyncWatch | _SyncClient) -> None:
     """Let ``runtime.close()`` close ``watch`` too, as ``Runtime.watch()``/``client()`` do."""
-    with runtime._lock:
-        runtime._watches.add(watch)
-        closed = runtime.closed
-    if closed:  # the Runtime closed while the watch was being opened
-        watch.close()
-        raise Closed(f"{runtime!r} is closed")
+    runtime._track(watch)
 
 
 class _LoopWatch(_SyncWatch):
@@ -561,6 +556,7 @@ class Watch:
         self.query = query
         self._queue: asyncio.Queue[Event | _End] = asyncio.Queue()
         self._error: BaseException | None = None
+        self._ended = False
         self._sync: _LoopWatch | None = None
 
     async def _open(self) -> Watch:
@@ -577,12 +573,15 @@ class Watch:
         return self
 
     def _push(self, events: list[Event], end: bool, error: BaseException | None) -> None:
-        # Runs in the loop.
+        # Runs in the loop. Nothing is queued after the end marker: a reader sees
+        # every event delivered before the end, then the end, for good.
+        if self._ended:
+            return
         for event in events:
             self._queue.put_nowait(event)
         if end:
-            if error is not None and self._error is None:
-                self._error = error
+            self._ended = True
+            self._error = error
             self._queue.put_nowait(_END)
 
     @property

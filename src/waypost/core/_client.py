@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._errors import Closed, NoInstances
-from ._events import Event
+from ._events import Added, Event, Removed
 from ._instance import Instance
 from ._names import EndpointId
 from ._query import Query
@@ -44,17 +44,19 @@ class Client:
         self._on_close = on_close
         self._closed = False
         self._view = InstanceView(Query.from_endpoint_id(endpoint_id), self._on_events)
+        self._by_key: dict[str, Instance] = {}
         self._instances: list[Instance] = []
         self._handle = start(self._view)
 
     def _on_events(self, events: list[Event]) -> None:
-        # Called under the view's lock, so no read of the view here.
         with self._changed:
-            self._instances = self._view_snapshot_unlocked()
+            for event in events:
+                if isinstance(event, Added):
+                    self._by_key[event.instance.key] = event.instance
+                elif isinstance(event, Removed):
+                    self._by_key.pop(event.instance.key, None)
+            self._instances = sorted(self._by_key.values())
             self._changed.notify_all()
-
-    def _view_snapshot_unlocked(self) -> list[Instance]:
-        return sorted(self._view._instances.values())
 
     # reading ----------------------------------------------------------------
     def instances(self) -> list[Instance]:
@@ -124,6 +126,10 @@ class Client:
                 self._changed.notify_all()
             if self._on_close is not None:
                 self._on_close(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def __enter__(self) -> Client:
         return self

@@ -10,8 +10,8 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from ._client import Client
 from ._config import parse_choice, parse_float, parse_int, parse_url, resolve_options, resolve_url
@@ -26,6 +26,7 @@ from ._watch import InstanceView, Watch, decode_items
 __all__ = ["Component", "Endpoint", "Namespace", "Registration", "Runtime", "connect"]
 
 _log = logging.getLogger("waypost")
+_Tracked = TypeVar("_Tracked", Watch, Client)
 
 RUNTIME_OPTIONS = (
     Option("ttl", parse_float(0.1, 86400.0), 10.0, "lease time-to-live in seconds", env="WAYPOST_TTL"),
@@ -108,7 +109,8 @@ class Runtime:
         self.url = url
         self.ttl = ttl
         self.on_lease_lost = on_lease_lost
-        self._lock = threading.RLock()  # guards registrations and the lease
+        self._lock = threading.RLock()  # guards registrations and the lease; held across store writes
+        self._handles_lock = threading.Lock()  # guards the namespace cache and open watches; never held on I/O
         self._registrations: dict[EndpointId, Registration] = {}
         self._namespaces: dict[str, Namespace] = {}
         self._watches: set[Watch | Client] = set()
@@ -134,7 +136,7 @@ class Runtime:
     # handles ----------------------------------------------------------------
     def namespace(self, name: str) -> Namespace:
         validate_namespace(name)
-        with self._lock:
+        with self._handles_lock:
             ns = self._namespaces.get(name)
             if ns is None:
                 ns = self._namespaces[name] = Namespace(self, name)
@@ -202,7 +204,7 @@ class Runtime:
         self._check_open()
         return sorted(decode_items(self.backend.list(query.prefix), query).values())
 
-    def _start_watch(self, query: Query) -> Any:
+    def _start_watch(self, query: Query) -> Callable[[InstanceView], WatchHandle]:
         def start(view: InstanceView) -> WatchHandle:
             return self.backend.watch(query.prefix, view)
 
@@ -212,21 +214,24 @@ class Runtime:
         """Watch ``query``: the current instances as ``Added``, then changes."""
         query = query or Query.all()
         self._check_open()
-        watch = Watch(query, self._start_watch(query), on_close=self._forget)
-        with self._lock:
-            self._watches.add(watch)
-        return watch
+        return self._track(Watch(query, self._start_watch(query), on_close=self._forget))
 
     def client(self, endpoint_id: EndpointId, down_period: float = 5.0) -> Client:
         self._check_open()
-        client = Client(endpoint_id, self._start_watch(Query.from_endpoint_id(endpoint_id)),
-                        down_period=down_period, on_close=self._forget)
-        with self._lock:
-            self._watches.add(client)
-        return client
+        return self._track(Client(endpoint_id, self._start_watch(Query.from_endpoint_id(endpoint_id)),
+                                  down_period=down_period, on_close=self._forget))
+
+    def _track(self, closable: _Tracked) -> _Tracked:
+        """Remember an open watch or client so ``close()`` closes it, unless close already ran."""
+        with self._handles_lock:
+            if not self._closed:
+                self._watches.add(closable)
+                return closable
+        closable.close()
+        raise Closed(f"{self!r} closed while the watch was starting")
 
     def _forget(self, watch: Watch | Client) -> None:
-        with self._lock:
+        with self._handles_lock:
             self._watches.discard(watch)
 
     # lease ----------------------------------------------------------------------
@@ -299,7 +304,7 @@ class Runtime:
     # lifecycle --------------------------------------------------------------------
     def close(self) -> None:
         """Remove every registration and revoke the lease now; close watches and clients."""
-        with self._lock:
+        with self._lock, self._handles_lock:
             if self._closed:
                 return
             self._closed = True
@@ -324,7 +329,7 @@ class Runtime:
 
     def _abandon(self) -> None:
         """Test helper: behave like a crashed process (no unregister, no revoke)."""
-        with self._lock:
+        with self._lock, self._handles_lock:
             self._closed = True
             watches = list(self._watches)
         self._stop.set()

@@ -321,8 +321,10 @@ class BackendConformance:
         baseline = threading.active_count()
         watches = [rt.watch(Query.namespace(ns)) for _ in range(5)]
         clients = [rt.namespace(ns).component("c").endpoint("e").client() for _ in range(2)]
-        for closable in [*watches, *clients]:
-            closable.close()
+        for watch in watches:
+            watch.close()
+        for client in clients:
+            client.close()
         wait_until(lambda: threading.active_count() <= baseline, 5.0, what="watch threads released")
         with pytest.raises(waypost.Closed):
             watches[0].get(timeout=0)
