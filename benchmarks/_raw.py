@@ -9,6 +9,7 @@ client would have to do to get usable instances), but does not validate or sort.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -185,10 +186,8 @@ class RawFile(RawStore):
 
     def revoke(self, lease: Any) -> None:
         for path in lease:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
         self.leases.pop(id(lease), None)
 
     def create(self, lease: Any, key: str, value: bytes) -> None:
@@ -208,10 +207,8 @@ class RawFile(RawStore):
 
     def delete(self, key: str) -> None:
         path = self._path(key)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
         for lease in self.leases.values():
             if path in lease:
                 lease.remove(path)

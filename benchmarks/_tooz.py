@@ -19,6 +19,7 @@ every tooz figure is reported as not measured, with the import error.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -56,10 +57,8 @@ class ToozMember:
         self.member_id = member_id.encode()
 
     def ensure_group(self, group: str) -> None:
-        try:
+        with contextlib.suppress(self.coordination.GroupAlreadyExist):
             self.coord.create_group(group.encode()).get()
-        except self.coordination.GroupAlreadyExist:
-            pass
 
     def join(self, group: str, capabilities: dict[str, Any]) -> None:
         self.coord.join_group(group.encode(), capabilities).get()
@@ -115,7 +114,5 @@ class ToozMember:
         self.coord.heartbeat()
 
     def stop(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.coord.stop()
-        except Exception:
-            pass

@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import NAMESPACE, encode, instance_dict, instance_key  # noqa: E402
+from _common import NAMESPACE, encode, instance_dict, instance_key
 
 _out_lock = threading.Lock()
 

@@ -10,7 +10,9 @@ Servers are the tests' own (``tests/servers.py``): real etcd and Redis on free
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import os
 import platform
 import shutil
@@ -25,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from _common import BENCH_DIR, METRICS, REPO
 from _raw import RAW_STORES, RawStore
 from _tooz import tooz_error, tooz_url
@@ -33,7 +34,7 @@ from _tooz import tooz_error, tooz_url
 if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
 
-import servers  # noqa: E402  (tests/servers.py)
+import servers
 
 ALL_BACKENDS = ("memory", "file", "etcd", "redis")
 CROSS_PROCESS = {"file", "etcd", "redis"}
@@ -45,6 +46,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="smoke mode: few rounds, small N, short windows (CI)")
     group.addoption("--bench-backends", default=",".join(ALL_BACKENDS),
                     help="comma-separated backends to measure (default: all)")
+    group.addoption("--metrics-json", default=None,
+                    help="also write the harness's own measurements (and environment) to this JSON file")
     group.addoption("--no-tooz", action="store_true", default=False, help="skip the tooz comparison")
 
 
@@ -202,10 +205,8 @@ class Targets:
                 for variant in made._variants.values():
                     shutil.rmtree(variant.raw_options["root"], ignore_errors=True)
         for fn in reversed(self._cleanup):
-            try:
+            with contextlib.suppress(Exception):
                 fn()
-            except Exception:
-                pass
 
 
 @pytest.fixture(scope="session")
@@ -244,7 +245,7 @@ def _version(dist: str) -> str:
 def _server_version(binary: str, args: list[str], marker: str) -> str:
     try:
         path = servers.find_binary(binary)
-        out = subprocess.run([path, *args], capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run([path, *args], capture_output=True, text=True, timeout=20, check=False).stdout
     except Exception as exc:
         return f"unavailable ({exc.__class__.__name__})"
     for line in out.splitlines():
@@ -272,11 +273,21 @@ def environment() -> dict[str, Any]:
     }
 
 
+def _harness_json(config: pytest.Config) -> dict[str, Any]:
+    env = environment()
+    env["mode"] = "quick" if config.getoption("--quick") else "full"
+    return {"waypost_env": env, "waypost_metrics": [m.as_json() for m in METRICS.metrics],
+            "waypost_notes": list(METRICS.notes)}
+
+
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_json: dict[str, Any]) -> None:
-    output_json["waypost_env"] = environment()
-    output_json["waypost_env"]["mode"] = "quick" if config.getoption("--quick") else "full"
-    output_json["waypost_metrics"] = [m.as_json() for m in METRICS.metrics]
-    output_json["waypost_notes"] = list(METRICS.notes)
+    output_json.update(_harness_json(config))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    path = config.getoption("--metrics-json", None)
+    if path:
+        Path(path).write_text(json.dumps(_harness_json(config), indent=2))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

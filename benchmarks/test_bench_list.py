@@ -12,11 +12,11 @@ backend's; tooz members are written in tooz's layout by ``ToozMember.populate``.
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-
 from _common import NAMESPACE, encode, instance_dict, instance_ids, instance_key
 from _tooz import ToozMember
 
@@ -88,10 +88,8 @@ class Populated:
 
     def close(self) -> None:
         for fn in reversed(self.cleanups):
-            try:
+            with contextlib.suppress(Exception):
                 fn()
-            except Exception:
-                pass
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from _common import NAMESPACE, encode, instance_dict, instance_key
 from _tooz import ToozMember
 

@@ -2,7 +2,7 @@
 
 Watch propagation: this process registers an endpoint; a second process
 (``_worker.py watch``) watching the component timestamps the ``Added`` event.
-One sample = event time − time just before the register call (both
+One sample = event time - time just before the register call (both
 ``time.monotonic()``, one system-wide clock). Then the endpoint is unregistered
 and its ``Removed`` awaited before the next sample. Reported: p50 and p99.
 
@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
 from _common import METRICS, NAMESPACE, Metric, Worker, encode, instance_dict, instance_key, percentile
 from _tooz import ToozMember
 
@@ -106,7 +105,8 @@ class _Watcher:
         if impl == "waypost":
             import waypost
 
-            rt = target.connect(ttl=10)
+            # file:// processes sharing a directory must agree on the ttl (stale_after)
+            rt = target.connect(ttl=CRASH_TTL)
             w = rt.watch(waypost.Query.component(NAMESPACE, component))
 
             def pump() -> None:
@@ -165,6 +165,11 @@ def test_crash_detection(target: Any, mode: Any, impl: str) -> None:
     _need_cross_process(target)
     if impl == "tooz" and target.tooz_url is None:
         pytest.skip(target.tooz_skip or "no tooz driver")
+    if impl == "raw" and target.name != "etcd":
+        METRICS.note(f"{target.name}: no raw crash-detection baseline — the store does not expire anything "
+                     "itself, so a raw client would have to re-implement the backend's reaping (liveness is "
+                     "the backend's own scheme on top of the store)")
+        pytest.skip("no server-side expiry to compare with")
     component = f"crash-{impl}"
     watcher = _Watcher(target, impl, component)
     samples: list[float] = []

@@ -63,14 +63,16 @@ import logging
 import math
 import os
 import queue
+import random
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from waypost.core import (
+    KEY_ROOT,
     AlreadyRegistered,
     AuthenticationError,
     Backend,
@@ -134,7 +136,7 @@ class _Settings:
     cert_cert: str | None
     cert_key: str | None
     user: str | None
-    password: str | None
+    password: str | None = field(repr=False)
     timeout: float
     root: str
 
@@ -256,7 +258,8 @@ class _Connection:
         self.where = settings.where
         self._credentials = _channel_credentials(settings) if settings.tls else None
         self._stubs: list[_Stubs | None] = [None] * len(settings.targets)
-        self._current = 0
+        # Start on a random member so that many clients spread over the cluster.
+        self._current = random.randrange(len(settings.targets))
         self._lock = threading.Lock()
         self._auth_lock = threading.Lock()
         self._token: str | None = None
@@ -662,7 +665,13 @@ class EtcdBackend(Backend):
     def from_url(cls, url: ParsedURL, options: Mapping[str, Any]) -> EtcdBackend:
         backend = cls(_settings(url, options))
         try:
-            backend.conn.authenticate()
+            if backend.settings.user is not None:
+                backend.conn.authenticate()
+            else:
+                # Lease grants need no auth in etcd: without this read, a store that
+                # requires auth would only refuse at the first registration.
+                request = etcdrpc.RangeRequest(key=backend.key(KEY_ROOT + "/"), count_only=True)
+                backend.conn.call("a read", lambda s, t, m: s.kv.Range(request, timeout=t, metadata=m))
         except BaseException:
             backend.close()
             raise

@@ -340,6 +340,9 @@ class FileBackend(Backend):
     # leases ---------------------------------------------------------------------------
     def grant_lease(self, ttl: float, preferred_id: int | None = None) -> Lease:
         self._check()
+        if self._stale_after is not None and self._stale_after < ttl:
+            raise ConfigError(f"stale_after={self._stale_after:g} is shorter than the ttl ({ttl:g} s): "
+                              "live Runtimes' files would be deleted; use stale_after >= ttl")
         self._ttl = ttl
         if preferred_id is not None:
             if not self._claim(preferred_id, check_files=True):
@@ -497,9 +500,9 @@ class FileBackend(Backend):
     # reading ------------------------------------------------------------------------------
     def list(self, prefix: str) -> list[tuple[str, bytes]]:
         self._check()
-        return sorted((key, known.value) for key, known in self.refresh(prefix, {}).items())
+        return sorted((key, known.value) for key, known in self._refresh(prefix, {}).items())
 
-    def refresh(self, prefix: str, known: Mapping[str, _Known]) -> dict[str, _Known]:
+    def _refresh(self, prefix: str, known: Mapping[str, _Known]) -> dict[str, _Known]:
         """The files under ``prefix`` now, re-reading only those that changed since ``known``."""
         fresh: dict[str, _Known] = {}
         for key, path, st in self._scan(prefix):
@@ -678,7 +681,7 @@ class _FileWatch:
             self._changes.put((kind, key, value))
 
     def start(self) -> None:
-        self._known = self._backend.refresh(self._prefix, {})
+        self._known = self._backend._refresh(self._prefix, {})
         self._sink.reset(sorted((key, known.value) for key, known in self._known.items()), None)
         self._threads.append(threading.Thread(target=self._run, name="waypost-file-watch", daemon=True))
         if self._backend.use_inotify:
@@ -728,7 +731,7 @@ class _FileWatch:
 
     def _rescan(self) -> None:
         try:
-            fresh = self._backend.refresh(self._prefix, self._known)
+            fresh = self._backend._refresh(self._prefix, self._known)
         except WaypostError as exc:
             self._interrupted = True
             self._sink.interrupted(str(exc))
@@ -751,7 +754,7 @@ class _FileWatch:
         import watchfiles
 
         try:
-            for _ in watchfiles.watch(self._backend.bucket, watch_filter=None, debounce=100, step=20,
+            for _ in watchfiles.watch(self._backend.bucket, watch_filter=None, debounce=1, step=10,
                                       stop_event=self._stop, recursive=False, raise_interrupt=False):
                 self._changes.put(_SCAN)
         except Exception as exc:  # the periodic scan still runs: slower, never wrong

@@ -66,19 +66,24 @@ Watch
     in the log. A changed epoch, a trimmed log or a gap in the sequence numbers
     makes the watch re-list and emit the minimal diff plus ``Resynced``. When
     Redis cannot be reached the watch reports ``Interrupted`` within
-    ``timeout`` + 0.5 s, retries with backoff (up to 2 s) and then resumes from
-    the log (or re-lists). Pub/sub is not used: ``XREAD BLOCK`` is the wake-up.
+    ``timeout`` + 0.5 s and retries with backoff (up to 2 s). Once back, it
+    replays every change it missed from the log (or re-lists if the log no
+    longer has them), then re-lists once to end the outage with a
+    ``Resynced`` notice (an empty diff when the log covered it). Pub/sub is
+    not used: ``XREAD BLOCK`` is the wake-up.
 
 ACL
-    A user limited to the prefix works; the narrowest rule is::
+    A user limited to the prefix works (tested); the narrowest rule is::
 
         user waypost on >PASSWORD resetkeys ~waypost:* resetchannels -@all
-          +ping +auth +hello +select +evalsha +eval +script|load +xread
+          +ping +select +evalsha +script|load +xread
           +time +get +set +incr +zadd +zrem +zscore +zrangebyscore +zrangebylex
           +hget +hset +hdel +hmget +sadd +srem +smembers +del +xadd +xrange +xrevrange
 
-    (or simply ``+@read +@write +@scripting +@stream +@connection +time``).
-    No channels are needed.
+    (``+select`` only for a database other than 0; the second line is what
+    the scripts call — Redis 7 checks each command and key a script touches.)
+    Coarser and also tested: ``-@all +@read +@write +@scripting +@stream
+    +@connection +time``. No channels, no ``CONFIG``, no ``CLIENT`` commands.
 
 Caveats
     Use a ``maxmemory-policy`` that never evicts these keys (``noeviction`` or
@@ -96,6 +101,7 @@ import contextlib
 import logging
 import os
 import secrets
+import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
@@ -411,8 +417,12 @@ class RedisBackend(Backend):
             ("grant", _GRANT), ("keepalive", _KEEPALIVE), ("create", _CREATE), ("replace", _REPLACE),
             ("delete", _DELETE), ("revoke", _REVOKE), ("list", _LIST), ("snapshot", _SNAPSHOT),
             ("poll", _POLL))}
-        with self.boundary("connecting"):
-            self._client.ping()
+        try:
+            with self.boundary("connecting"):
+                self._client.ping()
+        except WaypostError:
+            self._client.close()
+            raise
 
     @classmethod
     def from_url(cls, url: ParsedURL, options: Mapping[str, Any]) -> RedisBackend:
@@ -426,8 +436,15 @@ class RedisBackend(Backend):
 
     # plumbing ------------------------------------------------------------------------
     def new_client(self, single_connection: bool) -> redis.Redis:
-        """A client with this backend's settings (a watch gets its own single connection)."""
-        return redis.Redis(single_connection_client=single_connection, **self._connect_kwargs)
+        """A client with this backend's settings.
+
+        A watch gets its own single connection, without redis-py's retry: its
+        loop retries itself, and a read it breaks on close must not be redone.
+        """
+        kwargs = dict(self._connect_kwargs)
+        if single_connection:
+            kwargs["retry"] = Retry(NoBackoff(), 0)
+        return redis.Redis(single_connection_client=single_connection, **kwargs)
 
     @contextlib.contextmanager
     def boundary(self, what: str) -> Iterator[None]:
@@ -590,21 +607,28 @@ class _RedisWatch:
     # the thread ------------------------------------------------------------------------
     def _run(self) -> None:
         failures = 0
-        resync: str | None = None  # why the next step must re-list, if it must
+        outage: str | None = None  # the error that interrupted the watch, until it is back
+        resync: str | None = None  # why the next iteration must re-list, if it must
         try:
             while not self._stop.is_set():
                 try:
-                    if resync is None:
-                        self._step()
-                    else:
+                    if resync is not None:
                         self._resync(resync)
-                        resync = None
+                        resync = outage = None
+                    elif outage is None:
+                        self._step(block=True)
+                    elif self._step(block=False) < READ_BATCH:
+                        # Back after an outage with the missed changes replayed from the
+                        # log: re-list once more, so consumers get a Resynced notice that
+                        # ends the Interrupted state (normally an empty diff).
+                        resync = f"reconnected after: {outage}"
                     failures = 0
                 except _Resync as reason:
                     resync = str(reason)
                 except (BackendUnavailable, AuthenticationError) as exc:
                     failures += 1
-                    self._deliver(self._sink.interrupted, f"redis unreachable: {exc}")
+                    outage = str(exc)
+                    self._deliver(self._sink.interrupted, outage)
                     self._stop.wait(min(0.1 * 2 ** (failures - 1), MAX_BACKOFF))
         except _Stopped:
             pass
@@ -614,8 +638,11 @@ class _RedisWatch:
         finally:
             self._client.close()
 
-    def _step(self) -> None:
-        """Poll (reap, check epoch and history, read what is new); if idle, block on the log."""
+    def _step(self, block: bool) -> int:
+        """Poll (reap, check epoch and history, read what is new); if idle, block on the log.
+
+        Return how many log entries were applied.
+        """
         pos = self._position
         reply = self._backend.run("poll", pos.epoch, pos.seq, pos.last_id, READ_BATCH, client=self._client)
         status = _text(reply[0])
@@ -623,9 +650,10 @@ class _RedisWatch:
             raise _Resync("the Redis data was replaced (restart or flush)" if status == "epoch"
                           else "the change log was trimmed past this watcher")
         entries: Sequence[_Entry] = [(_text(entry_id), _fields(raw)) for entry_id, raw in reply[1]]
-        if not entries:
+        if not entries and block:
             entries = self._read_blocking()
         self._apply(entries)
+        return len(entries)
 
     def _read_blocking(self) -> list[_Entry]:
         log_key = self._backend._prefix + "log"
@@ -665,12 +693,21 @@ class _RedisWatch:
         self._backend.forget(self)
         if self._thread is threading.current_thread():
             return
-        self._thread.join(self._block_ms / 1000 + 0.5)
-        if self._thread.is_alive():
-            # Stuck in a read from a server that does not answer: break the socket.
-            with contextlib.suppress(Exception):
-                self._client.connection.disconnect()  # type: ignore[union-attr]
-            self._thread.join(1.0)
+        self._interrupt_read()
+        self._thread.join(self._block_ms / 1000 + 1.0)
+
+    def _interrupt_read(self) -> None:
+        """Wake the thread from XREAD BLOCK (or a read from a paused server) at once.
+
+        Shutting the socket down makes the read return EOF in the watch thread,
+        which then closes the connection itself (redis-py objects are not shared
+        across threads). ``_sock`` is redis-py's socket; there is no public handle.
+        """
+        connection = self._client.connection
+        sock = getattr(connection, "_sock", None)
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _fields(raw: Sequence[bytes]) -> dict[bytes, bytes]:

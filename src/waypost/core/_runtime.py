@@ -26,7 +26,7 @@ from ._watch import InstanceView, Watch, decode_items
 __all__ = ["Component", "Endpoint", "Namespace", "Registration", "Runtime", "connect"]
 
 _log = logging.getLogger("waypost")
-_Tracked = TypeVar("_Tracked", Watch, Client)
+_Tracked = TypeVar("_Tracked", bound=Watch | Client)
 
 RUNTIME_OPTIONS = (
     Option("ttl", parse_float(0.1, 86400.0), 10.0, "lease time-to-live in seconds", env="WAYPOST_TTL"),
