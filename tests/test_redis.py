@@ -57,7 +57,11 @@ class Proxy:
             if self._cut:  # a partition: the connection dies at once
                 client.close()
                 continue
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:  # the server is down: so is the proxied connection
+                client.close()
+                continue
             with self._lock:
                 self._sockets |= {client, upstream}
             threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
@@ -235,6 +239,9 @@ def test_acl_user_outside_its_prefix_is_refused(redis_factory: Callable[..., Any
     with waypost.connect(srv.auth_url) as rt:
         rt.namespace("ns").component("c").endpoint("e").register(_tcp(1))
         assert len(rt.list_instances()) == 1
+    no_time = redis_factory(acl_user=("limited", "pw", "waypost:*"), acl_commands=coarse.replace(" +time", ""))
+    with pytest.raises(waypost.AuthenticationError, match="lacks a permission"):
+        waypost.connect(no_time.auth_url)  # a command the scripts need is denied
 
 
 def test_tls_needs_the_ca(tmp_path: Path, redis_factory: Callable[..., Any]) -> None:
@@ -274,7 +281,7 @@ def test_keys_and_values_are_the_design_wire_format(redis_server: servers.RedisS
         _tcp(9), device_type="cuda", request_plane_codec="msgpack")
     instance = reg.instance
     assert instance.key == f"v1/instances/dynamo/backend/generate/{rt.instance_id:x}"
-    raw = redis.Redis(port=redis_server.port)
+    raw = redis.Redis(host="127.0.0.1", port=redis_server.port)
     assert raw.hget(prefix + "values", instance.key) == instance.to_json()
     assert raw.zrangebylex(prefix + "index", "-", "+") == [instance.key.encode()]
     assert all(k.startswith(prefix.encode()) for k in raw.keys(prefix + "*"))
@@ -295,7 +302,7 @@ def test_foreign_and_corrupt_entries_are_skipped(redis_server: servers.RedisServ
                                                  runtimes: Callable[..., waypost.Runtime], ns: str) -> None:
     rt = runtimes(redis_server.url)
     good = rt.namespace(ns).component("c").endpoint("good").register(_tcp(1))
-    raw = redis.Redis(port=redis_server.port)
+    raw = redis.Redis(host="127.0.0.1", port=redis_server.port)
     base = f"v1/instances/{ns}/c"
     # A foreign writer that bypasses the scripts: junk values, and an index entry without a value.
     raw.hset("waypost:values", mapping={f"{base}/junk/1": b"\xff\x00", f"{base}/model/2": b'{"type":"Model"}'})
@@ -375,7 +382,7 @@ def test_component_list_of_10k_instances_is_one_round_trip(redis_factory: Callab
         backend.list("v1/instances/nothing/")  # loads the script once (SCRIPT LOAD after NOSCRIPT)
         before = proxy.commands
         started = time.perf_counter()
-        items = backend.list(str(Query.component("big", "comp").prefix))
+        items = backend.list(Query.component("big", "comp").prefix)
         elapsed = time.perf_counter() - started
         assert proxy.commands - before == 1, "a component-level list must be one command"
         assert len(items) == 10_000

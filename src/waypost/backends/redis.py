@@ -98,7 +98,6 @@ Caveats
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import secrets
 import socket
@@ -140,8 +139,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 __all__ = ["RedisBackend"]
-
-_log = logging.getLogger("waypost")
 
 DEFAULT_PORT = 6379
 MAX_WATCH_BLOCK = 0.5  # seconds a watch waits in XREAD before polling (and reaping) again
@@ -365,8 +362,8 @@ OPTIONS = (
 
 
 # Errors: the one boundary where redis-py exceptions become waypost's ------------------
-# What Redis 7 answers when a command inside a script touches a key the ACL user may not.
-_ACL_DENIED = "can't access at least one of the keys"
+# What Redis 7 answers when a command inside a script is one, or touches a key, the ACL user may not.
+_ACL_DENIED = ("can't access at least one of the keys", "can't run this command")
 _UNAVAILABLE_REPLIES = ("LOADING", "MASTERDOWN", "MISCONF", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
 
 
@@ -374,7 +371,7 @@ def _translate(exc: rexc.RedisError, context: str) -> WaypostError:
     # redis-py's AuthenticationError is a ConnectionError: test it first.
     if isinstance(exc, rexc.AuthenticationError | rexc.AuthenticationWrongNumberOfArgsError):
         return AuthenticationError(f"{context}: Redis rejected the credentials ({exc})")
-    if isinstance(exc, rexc.NoPermissionError) or _ACL_DENIED in str(exc):
+    if isinstance(exc, rexc.NoPermissionError) or any(text in str(exc) for text in _ACL_DENIED):
         return AuthenticationError(
             f"{context}: the Redis ACL user lacks a permission ({exc}); see the ACL rule in the redis backend docs"
         )

@@ -87,13 +87,11 @@ class TransportType:
 def _enum_or_none(enum_type: type[enum.StrEnum], what: str, value: object) -> Any:
     if value is None or isinstance(value, enum_type):
         return value
-    try:
-        if not isinstance(value, str):
-            raise ValueError(value)
-        return enum_type(value)
-    except ValueError:
+    member = enum_type._value2member_map_.get(value) if isinstance(value, str) else None
+    if member is None:
         allowed = ", ".join(repr(m.value) for m in enum_type)
-        raise ConfigError(f"invalid {what} {value!r}: expected one of {allowed} or None") from None
+        raise ConfigError(f"invalid {what} {value!r}: expected one of {allowed} or None")
+    return member
 
 
 @functools.total_ordering
@@ -189,7 +187,8 @@ class Instance:
     def from_json(cls, data: bytes | str) -> Instance:
         """Decode a stored value; raise :class:`CodecError` if it is not an endpoint instance."""
         try:
-            value = json.loads(data)
+            # Decoding first skips json's encoding sniffing: a measurable cost on 10k-instance lists.
+            value = json.loads(data.decode() if isinstance(data, bytes) else data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise CodecError(f"value is not UTF-8 JSON: {exc}") from exc
         return cls.from_dict(value)

@@ -7,6 +7,7 @@ part a valid segment.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ _SLUG_UNSAFE = re.compile(r"[^a-z0-9_-]")
 
 def validate_segment(kind: str, value: object) -> str:
     """Return ``value`` if it is a valid segment, else raise :class:`InvalidName`."""
-    if not isinstance(value, str) or _SEGMENT.fullmatch(value) is None:
+    if not isinstance(value, str) or not _segment_ok(value):
         raise InvalidName(f"invalid {kind} name {value!r}: must be {_RULE}")
     return value
 
@@ -31,13 +32,24 @@ def validate_namespace(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidName(f"invalid namespace name {value!r}: must be {_RULE}, "
                           "with '.' between the parts of a child namespace")
-    for part in value.split("."):
-        if _SEGMENT.fullmatch(part) is None:
-            raise InvalidName(
-                f"invalid namespace name {value!r}: part {part!r} must be {_RULE} "
-                "(a child namespace is written 'parent.child')"
-            )
+    if not _namespace_ok(value):
+        bad = next(part for part in value.split(".") if not _segment_ok(part))
+        raise InvalidName(
+            f"invalid namespace name {value!r}: part {bad!r} must be {_RULE} "
+            "(a child namespace is written 'parent.child')"
+        )
     return value
+
+
+# Names repeat across thousands of decoded instances: remember the verdicts.
+@functools.lru_cache(maxsize=4096)
+def _segment_ok(value: str) -> bool:
+    return _SEGMENT.fullmatch(value) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def _namespace_ok(value: str) -> bool:
+    return all(_segment_ok(part) for part in value.split("."))
 
 
 def service_name(namespace: str, component: str) -> str:
