@@ -76,12 +76,26 @@ Permissions
     can read them. Run the Dynamo and waypost processes that share a store as
     one user (an existing directory's mode is left alone).
 
-Limits
-    One host, or a shared filesystem with coherent mtimes and clocks and
-    working hard links (NFS caching makes that unreliable: not ``cross-host``).
+Errors
+    A store path that is a file, or a directory this user cannot write, is a
+    ``ConfigError`` naming the path at ``connect()``; a filesystem failure
+    later (disk full, I/O error) is ``BackendUnavailable``. A store directory
+    removed while in use is recreated by the next write or keepalive.
     Undecodable file names, sub-directories and unreadable files in the bucket
     are skipped with one warning each; undecodable contents are skipped with
-    the usual codec warning. Minimum ttl: 1 s.
+    the usual codec warning; nothing in the directory can crash a list or a
+    watch.
+
+Cost
+    ``list`` is one directory listing plus one read per matching file;
+    ``register`` writes one small file and hard-links it (well under a
+    millisecond on a local disk); a keepalive touches one file per endpoint.
+
+Limits
+    POSIX only. One host, or a shared filesystem with coherent mtimes and
+    clocks and working hard links (NFS attribute caching makes that
+    unreliable, so the backend does not declare ``cross-host``). Crash
+    detection needs some process reading the directory. Minimum ttl: 1 s.
 """
 
 from __future__ import annotations
@@ -196,6 +210,22 @@ def _ensure_dir(path: Path) -> None:
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"file:// store: {path} is not writable by this user (uid {os.getuid()}); "
                           "choose a writable directory (file:///path or DYN_FILE_KV)")
+
+
+def _open_exclusive(path: Path, action: str) -> int | None:
+    """Create ``path`` (mode 0600) for writing; ``None`` if it exists. Recreates a removed store."""
+    for attempt in range(2):
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        except FileExistsError:
+            return None
+        except FileNotFoundError as exc:
+            if attempt:
+                raise _unavailable(action, path, exc) from exc
+            _ensure_dir(path.parent)  # someone removed the store directory: start it again
+        except OSError as exc:
+            raise _unavailable(action, path, exc) from exc
+    return None
 
 
 def _unlink(path: Path) -> bool:
@@ -371,23 +401,12 @@ class FileBackend(Backend):
 
     def _create_marker(self, marker: Path) -> bool:
         """Create a lease file exclusively; ``False`` if it exists."""
-        content = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode()
-        for attempt in range(2):
-            try:
-                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-            except FileExistsError:
-                return False
-            except FileNotFoundError:
-                if attempt:
-                    raise
-                _ensure_dir(self.lease_dir)  # someone removed the store; start it again
-                continue
-            except OSError as exc:
-                raise _unavailable("create lease file", marker, exc) from exc
-            with os.fdopen(fd, "wb") as file:
-                file.write(content)
-            return True
-        return False
+        fd = _open_exclusive(marker, "create lease file")
+        if fd is None:
+            return False
+        with os.fdopen(fd, "wb") as file:
+            file.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+        return True
 
     def _fresh_files_of(self, lease_id: int) -> bool:
         suffix = f"/{lease_id:x}"
@@ -466,13 +485,9 @@ class FileBackend(Backend):
 
     def _write_tmp(self, value: bytes) -> Path:
         tmp = self.bucket / f"{TMP_PREFIX}{secrets.token_hex(8)}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-        except FileNotFoundError:
-            _ensure_dir(self.bucket)  # someone removed the store; start it again
-            fd = self._open_tmp_again(tmp)
-        except OSError as exc:
-            raise _unavailable("write", tmp, exc) from exc
+        fd = _open_exclusive(tmp, "write")
+        if fd is None:  # 64 random bits collided: a name in use is not ours to touch
+            return self._write_tmp(value)
         try:
             with os.fdopen(fd, "wb") as file:
                 file.write(value)
@@ -480,13 +495,6 @@ class FileBackend(Backend):
             _unlink(tmp)
             raise _unavailable("write", tmp, exc) from exc
         return tmp
-
-    @staticmethod
-    def _open_tmp_again(tmp: Path) -> int:
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-        except OSError as exc:
-            raise _unavailable("write", tmp, exc) from exc
 
     def delete(self, lease: Lease, key: str) -> None:
         self._check()

@@ -1,0 +1,223 @@
+"""The `waypost` command: list, watch, register, backends, doctor, and its error handling."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import waypost
+from waypost import TransportType
+from waypost.contrib.cli import cli
+
+
+class Lines:
+    """A child process's stdout lines, read by a thread so tests can wait with deadlines."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:  # type: ignore[union-attr]
+            self._lines.put(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if text in line:
+                return line
+        raise AssertionError(f"no line containing {text!r} within {timeout} s")
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"file://{tmp_path}"
+
+
+@pytest.fixture
+def runtime(url: str) -> Iterator[waypost.Runtime]:
+    with waypost.connect(url) as rt:
+        yield rt
+
+
+@pytest.fixture
+def spawn() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def waypost_process(procs: list[subprocess.Popen[str]], *args: str) -> tuple[subprocess.Popen[str], Lines]:
+    proc = subprocess.Popen([sys.executable, "-m", "waypost", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    procs.append(proc)
+    return proc, Lines(proc)
+
+
+# -- list ----------------------------------------------------------------------------------
+
+def test_list_prints_a_table(url: str, runtime: waypost.Runtime) -> None:
+    runtime.endpoint("dynamo.backend.generate").register(TransportType.tcp("10.0.0.5:9000"), device_type="cuda",
+                                                         metadata={"model": "llama"})
+    result = CliRunner().invoke(cli, ["list", "--url", url])
+    assert result.exit_code == 0, result.output
+    header, row = result.stdout.splitlines()
+    assert header.split() == ["NAMESPACE", "COMPONENT", "ENDPOINT", "INSTANCE", "TRANSPORT", "DEVICE", "METADATA"]
+    assert row.split() == ["dynamo", "backend", "generate", f"{runtime.instance_id:x}", "tcp:10.0.0.5:9000",
+                           "cuda", '{"model":"llama"}']
+
+
+def test_list_json_lines_are_the_stored_values_and_queries_filter(url: str, runtime: waypost.Runtime) -> None:
+    for name in ("dynamo.backend.generate", "dynamo.backend.health", "dynamo.frontend.http", "other.x.y"):
+        runtime.endpoint(name).register(TransportType.tcp("h:1"))
+    result = CliRunner().invoke(cli, ["list", "dynamo.backend", "--url", url, "--json"])
+    assert result.exit_code == 0, result.output
+    values = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [v["endpoint"] for v in values] == ["generate", "health"]
+    assert all(v["type"] == "Endpoint" and v["instance_id"] == runtime.instance_id for v in values)
+    everything = CliRunner().invoke(cli, ["list", "--json"], env={"WAYPOST_URL": url})
+    assert len(everything.stdout.splitlines()) == 4
+
+
+def test_list_with_nothing_says_so_on_stderr(url: str) -> None:
+    result = CliRunner().invoke(cli, ["list", "ns", "--url", url])
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert "no instances match ns" in result.stderr
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["list", "--url", "bogus"], "invalid discovery URL"),
+    (["list", "--url", "nosuch://x"], "no waypost backend is installed for scheme 'nosuch'"),
+    (["list", "--url", "file:///tmp/x?nope=1"], "unknown URL query parameter 'nope'"),
+    (["list", "Bad Name"], "invalid namespace name"),
+    (["register", "a.b.c", "--transport", "ftp://x"], "expected tcp://host:port"),
+    (["register", "a.b", "--transport", "tcp://h:1"], "invalid endpoint id"),
+    (["register", "a.b.c", "--transport", "tcp://h:1", "-m", "novalue"], "expected key=value"),
+])
+def test_errors_are_one_clear_line_without_traceback(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(error_lines) == 1
+
+
+def test_file_store_that_cannot_be_used_is_an_error_line(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(cli, ["list", "--url", f"file://{tmp_path}/afile"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: file:// store:")
+    assert "not a directory" in result.stderr
+
+
+# -- backends and doctor ----------------------------------------------------------------------
+
+def test_backends_lists_the_built_in_plugins() -> None:
+    result = CliRunner().invoke(cli, ["backends"])
+    assert result.exit_code == 0, result.output
+    assert "file://  waypost" in result.stdout
+    assert "capabilities: chosen-instance-id, cross-process" in result.stdout
+    assert "stale_after" in result.stdout
+    entries = {e["scheme"]: e for e in map(json.loads, CliRunner().invoke(cli, ["backends", "--json"]).stdout
+                                           .splitlines())}
+    assert {"file", "memory"} <= entries.keys()
+    assert entries["memory"]["capabilities"] == ["chosen-instance-id", "server-expiry"]
+    assert [o["name"] for o in entries["file"]["options"]] == ["stale_after", "poll_interval", "watcher"]
+    for entry in entries.values():  # an entry that cannot load reports why instead of crashing the command
+        assert "capabilities" in entry or entry["error"]
+
+
+def test_doctor_reports_a_working_store(url: str) -> None:
+    result = CliRunner().invoke(cli, ["doctor", url])
+    assert result.exit_code == 0, result.output
+    assert "(from argument)" in result.stdout
+    for step in ("plugin", "connect", "register", "list", "unregister", "list again", "close"):
+        assert f"[ok  ] {step} " in result.stdout
+    assert "all checks passed" in result.stdout
+    assert list(Path(url.removeprefix("file://"), "v1", "instances").iterdir()) == []
+
+
+def test_doctor_exits_1_on_a_broken_store(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(cli, ["doctor", "--url", f"file://{tmp_path}/afile"])
+    assert result.exit_code == 1
+    assert "[FAIL] connect" in result.stdout
+    assert "not a directory" in result.stdout
+
+
+# -- long-running commands, as real processes -----------------------------------------------------
+
+def test_watch_prints_timestamped_events_until_ctrl_c(url: str, runtime: waypost.Runtime,
+                                                      spawn: list[subprocess.Popen[str]]) -> None:
+    first = runtime.endpoint("ns.comp.a").register(TransportType.tcp("h:1"))
+    proc, lines = waypost_process(spawn, "watch", "ns", "--url", url)
+    snapshot = lines.wait_for("ns/comp/a")
+    assert f"+ ns/comp/a  {runtime.instance_id:x}  tcp:h:1" in snapshot
+    assert (snapshot[2], snapshot[5], snapshot[8]) == (":", ":", ".")  # HH:MM:SS.mmm
+    runtime.endpoint("ns.comp.b").register(TransportType.http("http://h:8/p"), metadata={"k": 1})
+    assert '+ ns/comp/b' in lines.wait_for("ns/comp/b")
+    first.unregister()
+    assert "- ns/comp/a" in lines.wait_for("- ns/comp/a")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=10) == 0
+
+
+def test_watch_json_lines(url: str, runtime: waypost.Runtime, spawn: list[subprocess.Popen[str]]) -> None:
+    proc, lines = waypost_process(spawn, "watch", "--json", "--url", url)
+    runtime.endpoint("ns.comp.a").register(TransportType.tcp("h:1"))
+    event = json.loads(lines.wait_for('"added"'))
+    assert event["key"] == f"v1/instances/ns/comp/a/{runtime.instance_id:x}"
+    assert event["instance"]["transport"] == {"tcp": "h:1"}
+    assert event["time"].endswith("Z")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+
+
+def test_register_keeps_alive_until_sigterm_then_removes(url: str, runtime: waypost.Runtime,
+                                                         spawn: list[subprocess.Popen[str]]) -> None:
+    proc, lines = waypost_process(spawn, "register", "ns.comp.ep", "--transport", "nats://ns_comp.ep",
+                                  "-m", "model=llama", "-m", "gpu=0", "--device-type", "cuda", "--ttl", "1",
+                                  "--url", url)
+    assert "registered ns/comp/ep as instance" in lines.wait_for("registered")
+    [instance] = runtime.list_instances()
+    assert instance.transport == TransportType.nats_tcp("ns_comp.ep")
+    assert instance.metadata == {"model": "llama", "gpu": "0"}
+    assert instance.device_type == "cuda"
+    with runtime.watch() as watch:  # kept alive past several ttls
+        assert watch.wait_for(lambda e: isinstance(e, waypost.Removed), 2.5) is None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    assert runtime.list_instances() == []
+
+
+def test_python_dash_m_waypost_and_light_import() -> None:
+    version = subprocess.run([sys.executable, "-m", "waypost", "--version"], capture_output=True, text=True,
+                             check=True, timeout=60)
+    assert version.stdout.strip() == f"waypost, version {waypost.__version__}"
+    probe = "import sys, waypost; print('click' in sys.modules)"
+    light = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    assert light.stdout.strip() == "False"
