@@ -59,9 +59,9 @@ def test_option_precedence_kwarg_over_query_over_env_over_default() -> None:
 
 
 def test_bad_and_unknown_options_name_what_is_allowed() -> None:
-    with pytest.raises(waypost.ConfigError, match="ttl.*from 0.1"):
+    with pytest.raises(waypost.ConfigError, match=r"ttl.*from 0\.1"):
         waypost.connect("memory://cfg", ttl="soon")
-    with pytest.raises(waypost.ConfigError, match="'colour'.*allowed are.*ttl"):
+    with pytest.raises(waypost.ConfigError, match=r"'colour'.*allowed are.*ttl"):
         waypost.connect("memory://cfg", colour="blue")
     with pytest.raises(waypost.ConfigError, match="URL query parameter 'colour'"):
         waypost.connect("memory://cfg?colour=blue")
@@ -70,7 +70,7 @@ def test_bad_and_unknown_options_name_what_is_allowed() -> None:
 
 
 def test_secret_option_values_are_never_echoed() -> None:
-    declared = [Option("password", lambda v: int(v), secret=True)]
+    declared = [Option("password", int, secret=True)]
     with pytest.raises(waypost.ConfigError) as info:
         resolve_options(declared, {"password": "hunter2"}, {}, {})
     assert "hunter2" not in str(info.value)

@@ -62,7 +62,7 @@ def third_party(tmp_path: Path) -> Path:
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env_path = str(cwd / "site")
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False,
                           env={**__import__("os").environ, "PYTHONPATH": env_path})
 
 

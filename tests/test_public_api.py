@@ -27,7 +27,7 @@ def test_all_is_exact_and_sorted() -> None:
 def test_every_public_name_resolves_and_lives_in_the_package() -> None:
     for name in waypost.__all__:
         obj = getattr(waypost, name)
-        if isinstance(obj, type) or callable(obj) and hasattr(obj, "__qualname__"):
+        if isinstance(obj, type) or (callable(obj) and hasattr(obj, "__qualname__")):
             assert obj.__module__.startswith("waypost"), (name, obj.__module__)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -76,10 +77,8 @@ class Harness:
         for worker in self._workers:
             worker.kill()
         for runtime in self._runtimes:
-            try:
+            with contextlib.suppress(waypost.WaypostError):  # the store may be down on purpose
                 runtime.close()
-            except waypost.WaypostError:
-                pass  # the store may be down on purpose in fault tests
 
 
 @dataclass

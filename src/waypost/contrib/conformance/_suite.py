@@ -13,7 +13,7 @@ import pytest
 
 import waypost
 from waypost import Added, Capability, Query, Removed, Resynced, TransportType
-from waypost.core import hookimpl
+from waypost.core import hookimpl, random_instance_id
 
 from ._harness import Harness, wait_until
 
@@ -116,12 +116,18 @@ class BackendConformance:
 
     def test_chosen_instance_id_is_exclusive(self, backend: Harness, ns: str) -> None:
         self.require(backend, Capability.CHOSEN_INSTANCE_ID)
-        first = backend.connect(instance_id=0xABCDEF)
-        assert first.instance_id == 0xABCDEF
+        chosen = random_instance_id()
+        first = backend.connect(instance_id=chosen)
+        assert first.instance_id == chosen
         first.namespace(ns).component("c").endpoint("e").register(_tcp(1))
-        with pytest.raises(waypost.AlreadyRegistered):
-            second = backend.connect(instance_id=0xABCDEF)
+
+        def second_runtime_registers() -> None:
+            # The clash may surface when the lease is granted or at the first registration.
+            second = backend.connect(instance_id=chosen)
             second.namespace(ns).component("c").endpoint("e").register(_tcp(2))
+
+        with pytest.raises(waypost.AlreadyRegistered):
+            second_runtime_registers()
         assert [i.transport for i in first.list_instances(Query.namespace(ns))] == [_tcp(1)]
 
     def test_reregister_in_same_runtime_updates(self, backend: Harness, ns: str) -> None:
