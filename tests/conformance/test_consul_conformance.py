@@ -1,0 +1,105 @@
+"""The shipped conformance suite against real Consul 1.8 dev agents: plain, ACL (deny by default) and TLS."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import servers
+from waypost.contrib.conformance import BackendConformance, Harness
+
+consul = pytest.importorskip("consul")
+
+TTL = 1.0
+# Consul expires a session 2 x TTL after its last renewal: ttl + ttl, plus a little for the Raft apply.
+EXPIRY_BOUND = TTL + 0.3
+# A silent agent is noticed within watch_wait * 17/16 + timeout (5 s each by default).
+INTERRUPT_BOUND = 11.0
+MASTER_TOKEN = "5c0a7e52-8d7c-4c55-9a53-waypost0test"
+# The narrowest policy the backend documents (module docstring, "ACL policy").
+POLICY = """
+key_prefix "v1/instances/" { policy = "write" }
+key_prefix "waypost/leases/" { policy = "write" }
+session_prefix "" { policy = "write" }
+"""
+
+
+def _ready(server: servers.ConsulServer) -> servers.ConsulServer:
+    """Undo what a failed fault test may have left (paused or stopped agent)."""
+    if server.paused:
+        server.resume()
+    if not server.running:
+        server.start()
+    return server
+
+
+def _harness(server: servers.ConsulServer, scheme: str, **options: object) -> Harness:
+    return Harness(url=_ready(server).url, options=options, ttl=TTL, expiry_bound=EXPIRY_BOUND, server=server,
+                   restart_loses_data=True, unreachable_url=f"{scheme}://127.0.0.1:{servers.free_port()}",
+                   interrupt_bound=INTERRUPT_BOUND)
+
+
+@pytest.fixture(scope="module")
+def plain_consul() -> Iterator[servers.ConsulServer]:
+    with servers.ConsulServer(session_ttl_min="1s") as server:
+        yield server
+
+
+def _policy_token(server: servers.ConsulServer) -> str:
+    """A new token holding only POLICY, made with the master token."""
+    client = consul.Consul(host="127.0.0.1", port=server.port, token=MASTER_TOKEN)
+    headers = {"X-Consul-Token": MASTER_TOKEN}
+    name = f"waypost-{uuid.uuid4().hex[:12]}"
+    for path, body in (("/v1/acl/policy", {"Name": name, "Rules": POLICY}),
+                       ("/v1/acl/token", {"Policies": [{"Name": name}]})):
+        response = client.http.put(lambda r: r, path, data=json.dumps(body), headers=headers)
+        assert response.code == 200, response.body
+    return str(json.loads(response.body)["SecretID"])
+
+
+@pytest.fixture(scope="module")
+def acl_consul() -> Iterator[servers.ConsulServer]:
+    with servers.ConsulServer(acl_token=MASTER_TOKEN, session_ttl_min="1s") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tls_consul(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[servers.ConsulServer, servers.TLSFiles]]:
+    pytest.importorskip("trustme")
+    tls = servers.make_tls(Path(tmp_path_factory.mktemp("consul-tls")))
+    with servers.ConsulServer(tls=tls, client_cert_auth=True, session_ttl_min="1s") as server:
+        yield server, tls
+
+
+class TestConsulConformance(BackendConformance):
+    @pytest.fixture
+    def harness(self, plain_consul: servers.ConsulServer) -> Harness:
+        return _harness(plain_consul, "consul")
+
+
+class TestConsulACLConformance(BackendConformance):
+    """ACLs on with ``default_policy = "deny"``; each test gets a token with only the documented policy.
+
+    A dev agent forgets the tokens it made when it restarts, so the tests that
+    restart it use the master token (from its configuration) instead.
+    """
+
+    @pytest.fixture
+    def harness(self, acl_consul: servers.ConsulServer, request: pytest.FixtureRequest) -> Harness:
+        server = _ready(acl_consul)
+        restarts = any(name in request.node.name for name in ("restart", "dead_server"))
+        return _harness(server, "consul", token=MASTER_TOKEN if restarts else _policy_token(server))
+
+
+class TestConsulTLSConformance(BackendConformance):
+    """``consuls://`` with a CA-verified agent that requires a client certificate."""
+
+    @pytest.fixture
+    def harness(self, tls_consul: tuple[servers.ConsulServer, servers.TLSFiles]) -> Harness:
+        server, tls = tls_consul
+        return _harness(server, "consuls", ca_cert=str(tls.ca), cert_cert=str(tls.client_cert),
+                        cert_key=str(tls.client_key))

@@ -1,0 +1,328 @@
+"""The Consul backend on a real Consul 1.8 agent: layout, sessions, options, ACLs, crashes and faults.
+
+No mocks: real dev agents (``tests/servers.py``), real child processes, and the
+raw py-consul client to check what is stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import servers
+import waypost
+from waypost import Added, Interrupted, Query, Removed, Resynced, TransportType
+from waypost.contrib.conformance._harness import Worker, wait_until
+
+consul = pytest.importorskip("consul")
+
+TTL = 1.0
+ACL_TOKEN = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def runtimes() -> Iterator[list[waypost.Runtime]]:
+    made: list[waypost.Runtime] = []
+    yield made
+    for runtime in made:
+        with contextlib.suppress(waypost.WaypostError):  # the agent may be down on purpose
+            runtime.close()
+
+
+def _connect(made: list[waypost.Runtime], url: str, **options: Any) -> waypost.Runtime:
+    runtime = waypost.connect(url, **{"ttl": TTL, **options})
+    made.append(runtime)
+    return runtime
+
+
+def _raw(server: servers.ConsulServer, token: str | None = None) -> Any:
+    return consul.Consul(host="127.0.0.1", port=server.port, token=token)
+
+
+def _session(server: servers.ConsulServer, session_id: str) -> dict[str, Any]:
+    status, body = server.http_get(f"/v1/session/info/{session_id}")
+    assert status == 200
+    [info] = json.loads(body)
+    return dict(info)
+
+
+# -- layout ------------------------------------------------------------------------------------
+
+def test_key_and_value_bytes_are_dynamos(consul_server: servers.ConsulServer, runtimes: list[waypost.Runtime],
+                                         ns: str) -> None:
+    rt = _connect(runtimes, consul_server.url)
+    reg = rt.namespace(ns).component("backend").endpoint("generate").register(
+        TransportType.tcp("127.0.0.1:42043/6f64a219dfbb2106/dynamo/backend/generate"),
+        device_type="cuda", request_plane_codec="msgpack")
+    key = f"v1/instances/{ns}/backend/generate/{rt.instance_id:x}"
+    _, entry = _raw(consul_server).kv.get(key)
+    assert entry is not None, f"{key} not stored"
+    assert entry["Value"] == (
+        b'{"type":"Endpoint","component":"backend","endpoint":"generate","namespace":"' + ns.encode()
+        + b'","instance_id":' + str(rt.instance_id).encode()
+        + b',"transport":{"tcp":"127.0.0.1:42043/6f64a219dfbb2106/dynamo/backend/generate"},'
+        b'"device_type":"cuda","request_plane_codec":"msgpack"}')
+    assert entry["Value"] == reg.instance.to_json()
+    # The key is locked by the Runtime's session: deleted with it, never lingering behind a lock delay.
+    info = _session(consul_server, entry["Session"])
+    assert info["Name"] == f"waypost/{rt.instance_id:x}"
+    assert (info["Behavior"], info["LockDelay"], info["TTL"]) == ("delete", 0, "1s")
+    _, lease_entry = _raw(consul_server).kv.get(f"waypost/leases/{rt.instance_id:x}")
+    assert lease_entry["Session"] == entry["Session"]
+
+
+def test_root_option_prefixes_every_key(consul_server: servers.ConsulServer, runtimes: list[waypost.Runtime],
+                                        ns: str) -> None:
+    root = f"apps/{ns}"
+    rt = _connect(runtimes, f"{consul_server.url}?root={root}")
+    rt.namespace(ns).component("c").endpoint("e").register(TransportType.tcp("h:1"))
+    raw = _raw(consul_server)
+    _, keys = raw.kv.get(f"{root}/", keys=True)
+    assert sorted(keys) == [f"{root}/v1/instances/{ns}/c/e/{rt.instance_id:x}",
+                            f"{root}/waypost/leases/{rt.instance_id:x}"]
+    assert raw.kv.get(f"v1/instances/{ns}/", recurse=True)[1] is None
+    assert [i.endpoint for i in rt.list_instances(Query.namespace(ns))] == ["e"]
+
+
+def test_values_written_by_others_are_read(consul_server: servers.ConsulServer, runtimes: list[waypost.Runtime],
+                                           ns: str) -> None:
+    """A registration made by another Dynamo-compatible writer (plain KV put) is listed and watched."""
+    rt = _connect(runtimes, consul_server.url)
+    foreign = waypost.Instance(ns, "c", "e", 0xDEADBEEF, TransportType.http("http://10.0.0.1:8000/x"))
+    with rt.watch(Query.namespace(ns)) as watch:
+        assert _raw(consul_server).kv.put(foreign.key, foreign.to_json())
+        event = watch.wait_for(lambda e: isinstance(e, Added), 5.0)
+        assert isinstance(event, Added)
+        assert event.instance == foreign
+        assert rt.list_instances(Query.namespace(ns)) == [foreign]
+        _raw(consul_server).kv.delete(foreign.key)
+        assert watch.wait_for(lambda e: isinstance(e, Removed), 5.0) is not None
+
+
+def test_read_modes_and_datacenter(consul_server: servers.ConsulServer, runtimes: list[waypost.Runtime],
+                                   ns: str) -> None:
+    for consistency in ("default", "consistent", "stale"):
+        rt = _connect(runtimes, consul_server.url, consistency=consistency, dc="dc1")
+        reg = rt.namespace(ns).component("c").endpoint(consistency).register(TransportType.tcp("h:1"))
+        assert reg.instance in rt.list_instances(Query.namespace(ns))
+    with pytest.raises(waypost.ConfigError, match="dc2"):
+        _connect(runtimes, consul_server.url, dc="dc2")
+
+
+def test_a_processs_own_writes_are_never_merged(consul_server: servers.ConsulServer,
+                                                runtimes: list[waypost.Runtime], ns: str) -> None:
+    """Blocking queries return states; the write fence keeps a Runtime's own add-then-remove visible."""
+    rt = _connect(runtimes, consul_server.url)
+    ep = rt.namespace(ns).component("c").endpoint("e")
+    with rt.watch(Query.namespace(ns)) as watch:
+        for n in range(20):
+            ep.register(TransportType.tcp(f"h:{n}")).unregister()
+        events = [watch.get(timeout=2.0) for _ in range(40)]
+    assert [type(e).__name__ for e in events] == ["Added", "Removed"] * 20
+    assert [e.instance.transport.address for e in events if isinstance(e, Added)] == [f"h:{n}" for n in range(20)]
+
+
+# -- leases --------------------------------------------------------------------------------------
+
+def test_sigkilled_process_disappears_within_two_ttls(consul_server: servers.ConsulServer,
+                                                      runtimes: list[waypost.Runtime], ns: str) -> None:
+    """The documented bound: Consul expires a session 2 x TTL after its last renewal."""
+    observer = _connect(runtimes, consul_server.url)
+    worker = Worker.start(consul_server.url, {"ttl": TTL}, [f"{ns}/c/e"])
+    try:
+        with observer.watch(Query.namespace(ns)) as watch:
+            wait_until(lambda: len(watch.instances) == 1, 5.0, what="worker registered")
+            killed_at = time.monotonic()
+            worker.process.send_signal(signal.SIGKILL)
+            wait_until(lambda: watch.instances == [], 2 * TTL + 0.5, what="killed worker's registration expired")
+            lived = time.monotonic() - killed_at
+        # Consul doubles the TTL: the registration outlives the kill by more than one ttl
+        # (2 x ttl minus the time since the last renewal, which came at most ttl/3 earlier).
+        assert lived >= TTL, lived
+        assert observer.list_instances(Query.namespace(ns)) == []
+        # The session and the instance-id claim went with it.
+        _, lease_entry = _raw(consul_server).kv.get(f"waypost/leases/{worker.instance_id:x}")
+        assert lease_entry is None
+    finally:
+        worker.kill()
+
+
+def test_ttl_below_the_agents_minimum_is_a_config_error(consul_factory: Any, runtimes: list[waypost.Runtime]) -> None:
+    server = consul_factory()  # Consul's default session_ttl_min: 10 s
+    with pytest.raises(waypost.ConfigError, match="session_ttl_min"):
+        _connect(runtimes, server.url, ttl=1.0)
+    rt = _connect(runtimes, server.url, ttl=10.0)
+    assert _raw(server).kv.get(f"waypost/leases/{rt.instance_id:x}")[1] is not None
+
+
+def test_chosen_instance_id_survives_lease_loss(consul_server: servers.ConsulServer,
+                                                runtimes: list[waypost.Runtime], ns: str) -> None:
+    rt = _connect(runtimes, consul_server.url, instance_id=0x5EED0001 + hash(ns) % 1000)
+    chosen = rt.instance_id
+    rt.namespace(ns).component("c").endpoint("e").register(TransportType.tcp("h:1"))
+    session = _raw(consul_server).kv.get(f"waypost/leases/{chosen:x}")[1]["Session"]
+    assert _raw(consul_server).session.destroy(session)
+    wait_until(lambda: [i.instance_id for i in rt.list_instances(Query.namespace(ns))] == [chosen], 3 * TTL,
+               what="re-registered under the same id")
+    assert _raw(consul_server).kv.get(f"waypost/leases/{chosen:x}")[1]["Session"] != session
+
+
+def test_revoke_of_an_unknown_lease_is_a_no_op(consul_server: servers.ConsulServer,
+                                                runtimes: list[waypost.Runtime]) -> None:
+    rt = _connect(runtimes, consul_server.url)
+    rt.backend.revoke_lease(0x1234ABCD)
+    rt.backend.revoke_lease(0x1234ABCD)
+
+
+# -- options, URLs and ACLs --------------------------------------------------------------------
+
+def test_acl_denied_is_an_authentication_error_without_the_token(consul_factory: Any,
+                                                                  runtimes: list[waypost.Runtime]) -> None:
+    server = consul_factory(acl_token=ACL_TOKEN, session_ttl_min="1s")
+    wrong = "b7c1d2e3-f4a5-4b6c-8d7e-secretsecret"
+    for options in ({"token": wrong}, {}):
+        with pytest.raises(waypost.AuthenticationError) as caught:
+            _connect(runtimes, server.url, **options)
+        text = f"{caught.value} {caught.value!r} {caught.value.__cause__!r}"
+        assert wrong not in text
+        assert ACL_TOKEN not in text
+        assert "ACL" in str(caught.value)
+    rt = _connect(runtimes, server.url, token=ACL_TOKEN)
+    assert ACL_TOKEN not in f"{rt!r} {rt.backend!r} {rt.backend.describe()} {rt.url!r}"
+    assert rt.list_instances() == []
+
+
+def test_token_from_the_environment(consul_factory: Any, runtimes: list[waypost.Runtime],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    server = consul_factory(acl_token=ACL_TOKEN, session_ttl_min="1s")
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", ACL_TOKEN)
+    rt = _connect(runtimes, server.url)
+    assert rt.list_instances() == []
+    # A keyword beats the environment (py-consul alone would prefer the environment).
+    with pytest.raises(waypost.AuthenticationError):
+        _connect(runtimes, server.url, token="not-the-token")
+
+
+def test_tls_needs_the_ca_and_the_client_certificate(consul_factory: Any, tls_files: Any,
+                                                     runtimes: list[waypost.Runtime]) -> None:
+    server = consul_factory(tls=tls_files, client_cert_auth=True, session_ttl_min="1s")
+    assert server.url.startswith("consuls://")
+    with pytest.raises(waypost.AuthenticationError, match="ca_cert"):
+        _connect(runtimes, server.url)  # the system roots do not know the test CA
+    with pytest.raises(waypost.AuthenticationError, match="cert_cert"):
+        _connect(runtimes, server.url, ca_cert=str(tls_files.ca))  # no client certificate
+    rt = _connect(runtimes, server.url, ca_cert=str(tls_files.ca), cert_cert=str(tls_files.client_cert),
+                  cert_key=str(tls_files.client_key))
+    assert rt.list_instances() == []
+
+
+def test_missing_tls_files_are_config_errors(tmp_path: Any) -> None:
+    with pytest.raises(waypost.ConfigError, match="ca_cert: no such file"):
+        waypost.connect("consuls://127.0.0.1:1", ttl=TTL, ca_cert=str(tmp_path / "nope.pem"))
+    with pytest.raises(waypost.ConfigError, match="go together"):
+        waypost.connect("consuls://127.0.0.1:1", ttl=TTL, cert_cert=str(tmp_path / "c.pem"))
+
+
+@pytest.mark.parametrize(("url", "match"), [
+    ("consul://user:hunter2@127.0.0.1:8500", "token"),
+    ("consul://h1:8500,h2:8500", "one Consul agent"),
+    ("consul://127.0.0.1:8500/some/path", "root"),
+    ("consul://127.0.0.1:8500?consistency=eventual", "consistency"),
+])
+def test_bad_urls_are_config_errors(url: str, match: str) -> None:
+    with pytest.raises(waypost.ConfigError, match=match) as caught:
+        waypost.connect(url, ttl=TTL)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_declared_options_and_capabilities() -> None:
+    from waypost.backends.consul import ConsulBackend  # after the importorskip above
+
+    names = {o.name for o in ConsulBackend.options}
+    assert names == {"timeout", "token", "ca_cert", "cert_cert", "cert_key", "root", "dc", "consistency",
+                     "watch_wait"}
+    assert [o.name for o in ConsulBackend.options if o.secret] == ["token"]
+    assert waypost.Capability.WATCH_HISTORY not in ConsulBackend.capabilities
+    assert ConsulBackend.__doc__ is not None
+    assert "2 x ttl" in ConsulBackend.__doc__
+
+
+def test_unreachable_agent_fails_fast() -> None:
+    started = time.monotonic()
+    with pytest.raises(waypost.BackendUnavailable, match="unreachable"):
+        waypost.connect(f"consul://127.0.0.1:{servers.free_port()}", ttl=TTL, timeout=1.0)
+    assert time.monotonic() - started < 3
+
+
+# -- faults ----------------------------------------------------------------------------------------
+
+def test_restart_reregisters_and_watch_resyncs(consul_factory: Any, runtimes: list[waypost.Runtime],
+                                              ns: str) -> None:
+    server = consul_factory(session_ttl_min="1s")
+    observer, rt = _connect(runtimes, server.url), _connect(runtimes, server.url)
+    reg = rt.namespace(ns).component("c").endpoint("e").register(TransportType.tcp("h:1"))
+    with observer.watch(Query.namespace(ns)) as watch:
+        server.restart()  # a dev agent forgets everything
+        assert watch.wait_for(lambda e: isinstance(e, Resynced), 10.0) is not None
+        wait_until(lambda: watch.instances == [reg.instance], 10.0, what="watch sees the re-registration")
+    _, entry = _raw(server).kv.get(reg.instance.key)
+    assert entry["Value"] == reg.instance.to_json()
+
+
+def test_silent_agent_interrupts_watch_within_the_documented_bound(consul_factory: Any,
+                                                                   runtimes: list[waypost.Runtime],
+                                                                   ns: str) -> None:
+    server = consul_factory(session_ttl_min="1s")
+    options = {"timeout": 1.0, "watch_wait": 1.0}
+    observer = _connect(runtimes, server.url, ttl=5.0, **options)
+    with observer.watch(Query.namespace(ns)) as watch:
+        server.pause()
+        try:
+            paused_at = time.monotonic()
+            bound = options["watch_wait"] * 17 / 16 + options["timeout"]
+            event = watch.wait_for(lambda e: isinstance(e, Interrupted), bound + 1.0)
+            assert event is not None, "a watch on a silent agent stayed silent"
+            assert time.monotonic() - paused_at <= bound + 1.0
+        finally:
+            server.resume()
+        assert watch.wait_for(lambda e: isinstance(e, Resynced), 10.0) is not None
+
+
+def test_closing_a_watch_aborts_its_blocking_query(consul_server: servers.ConsulServer,
+                                                   runtimes: list[waypost.Runtime], ns: str) -> None:
+    rt = _connect(runtimes, consul_server.url, watch_wait=60.0)
+    baseline = threading.active_count()
+    watch = rt.watch(Query.namespace(ns))
+    time.sleep(0.2)  # not a synchronisation: lets the blocking query reach the agent before we close
+    started = time.monotonic()
+    watch.close()
+    assert time.monotonic() - started < 1.0
+    wait_until(lambda: threading.active_count() <= baseline, 1.0, what="watch threads gone")
+
+
+def test_binary_values_round_trip_unchanged(consul_server: servers.ConsulServer, runtimes: list[waypost.Runtime],
+                                           ns: str) -> None:
+    """Binary values round-trip through the transaction API (base64 on the wire) unchanged."""
+    rt = _connect(runtimes, consul_server.url)
+    key = f"v1/instances/{ns}/c/raw/{rt.instance_id:x}"
+    value = bytes(range(256))
+    rt.backend.create(rt.lease, key, value)
+    assert _raw(consul_server).kv.get(key)[1]["Value"] == value
+    status, body = consul_server.http_get(f"/v1/kv/{key}")
+    assert status == 200
+    assert base64.b64decode(json.loads(body)[0]["Value"]) == value
+    assert rt.backend.list(f"v1/instances/{ns}/") == [(key, value)]
