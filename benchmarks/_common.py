@@ -47,9 +47,18 @@ def encode(value: dict[str, Any]) -> bytes:
 
 
 def instance_ids(count: int, seed: int = 1) -> list[int]:
-    """``count`` distinct non-zero u64 ids, deterministic (no store picks them)."""
-    base = 0x1000_0000_0000_0000 + seed * 0x10_0000_0000
-    return [base + i + 1 for i in range(count)]
+    """``count`` distinct random non-zero u64 ids, deterministic per seed.
+
+    Random like real instance ids (leases), so the store's key order (hex) is
+    not the instances' sort order (decimal string) and sorting is measured.
+    """
+    import random
+
+    rng = random.Random(seed)
+    ids: set[int] = set()
+    while len(ids) < count:
+        ids.add(rng.getrandbits(64) | 1)
+    return sorted(ids)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.005) -> None:
@@ -59,6 +68,35 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+Step = Callable[[], Any] | None
+
+
+def interleaved(impls: dict[str, tuple[Step, Callable[[], Any], Step]], rounds: int,
+                warmup: int = 2) -> dict[str, list[float]]:
+    """Time ``op`` of every implementation round by round, rotating the order each round.
+
+    ``impls`` maps a name to ``(setup, op, teardown)``; only ``op`` is timed.
+    Alternating keeps a load change on a shared machine from landing on one
+    implementation only, so the ratios of the medians are robust.
+    """
+    names = list(impls)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(warmup + rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            setup, op, teardown = impls[name]
+            if setup is not None:
+                setup()
+            t0 = time.perf_counter()
+            op()
+            elapsed = time.perf_counter() - t0
+            if teardown is not None:
+                teardown()
+            if r >= warmup:
+                samples[name].append(elapsed)
+    return samples
 
 
 def percentile(samples: list[float], q: float) -> float:

@@ -13,6 +13,9 @@ component, a member for an instance, capabilities for the instance's JSON):
 * liveness    = tooz's heartbeat thread (``start(start_heart=True)``) with
   ``membership_timeout`` = the ttl.
 
+For the file layout tooz's ``file://`` driver is the peer (member files whose
+mtime is their liveness, like Dynamo's layout; in its own directory).
+
 tooz is a benchmark-only dependency (tox env ``bench``); when it is missing
 every tooz figure is reported as not measured, with the import error.
 """
@@ -27,16 +30,24 @@ from typing import Any
 POLL = 0.01
 
 
-def tooz_error() -> str | None:
-    """``None`` if tooz (with etcd3gw) imports, else why not."""
+def tooz_error(backend: str | None = None) -> str | None:
+    """``None`` if tooz (and, for etcd, its etcd3gw client) imports, else why not."""
     try:
         import tooz.coordination  # noqa: F401
+
+        if backend == "etcd":
+            import etcd3gw  # noqa: F401
+        elif backend == "redis":
+            import redis  # noqa: F401
     except Exception as exc:  # pragma: no cover - depends on the environment
         return f"{type(exc).__name__}: {exc}"
     return None
 
 
 def tooz_url(backend: str, endpoint: str) -> str | None:
+    """tooz's URL for the same server (file: ``endpoint`` is the directory)."""
+    if backend == "file":
+        return f"file://{endpoint}"
     if backend == "etcd":
         return f"etcd3+http://{endpoint}"
     if backend == "redis":
@@ -51,8 +62,11 @@ class ToozMember:
         from tooz import coordination
 
         self.coordination = coordination
-        ttl_opt = str(max(1, round(ttl))) if url.startswith("etcd3") else str(ttl)
-        self.coord = coordination.get_coordinator(url, member_id.encode(), membership_timeout=ttl_opt)
+        if url.startswith("file"):  # liveness = member file mtime younger than `timeout` (whole seconds)
+            self.coord = coordination.get_coordinator(url, member_id.encode(), timeout=str(max(1, round(ttl))))
+        else:
+            ttl_opt = str(max(1, round(ttl))) if url.startswith("etcd3") else str(ttl)
+            self.coord = coordination.get_coordinator(url, member_id.encode(), membership_timeout=ttl_opt)
         self.coord.start(start_heart=heart)
         self.member_id = member_id.encode()
 
@@ -92,7 +106,18 @@ class ToozMember:
 
         coord = self.coord
         gid = group.encode()
-        if hasattr(coord, "_prefix_group"):  # etcd3gw driver
+        if hasattr(coord, "_group_dir"):  # file driver: one msgpack file per member, mtime = liveness
+            import datetime
+            import os
+
+            group_dir = os.path.join(coord._group_dir, coord._make_filesystem_safe(gid))
+            for member, caps in members.items():
+                mid = member.encode()
+                details = {"capabilities": caps, "joined_on": datetime.datetime.now(), "member_id": mid,
+                           "encoded": False}
+                with open(os.path.join(group_dir, f"{coord._make_filesystem_safe(mid)}.raw"), "wb") as f:
+                    f.write(utils.dumps(details))
+        elif hasattr(coord, "_prefix_group"):  # etcd3gw driver
             prefix = coord._prefix_group(gid)
             lease = coord.client.lease(3600)
             for member, caps in members.items():

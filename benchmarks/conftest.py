@@ -109,7 +109,8 @@ class Target:
         if tag not in self._variants:
             root = tempfile.mkdtemp(prefix=f"waypost-bench-file-{tag}-")
             self._variants[tag] = Target(self.name, f"file://{root}", raw_options={"root": root},
-                                         tooz_skip=self.tooz_skip)
+                                         tooz_url=tooz_url("file", os.path.join(root, "tooz"))
+                                         if self.tooz_url else None, tooz_skip=self.tooz_skip)
         return self._variants[tag]
 
     def raw(self) -> RawStore:
@@ -168,16 +169,14 @@ class Targets:
         missing = _backend_missing(name)
         if missing:
             pytest.skip(missing)
-        no_tooz = self.config.getoption("--no-tooz")
         if name == "memory":
             target = Target(name, f"memory://bench-{uuid.uuid4().hex[:8]}",
                             tooz_skip="tooz has no in-process driver")
         elif name == "file":
             root = tempfile.mkdtemp(prefix="waypost-bench-file-")
             self._cleanup.append(lambda: shutil.rmtree(root, ignore_errors=True))
-            target = Target(name, f"file://{root}", raw_options={"root": root},
-                            tooz_skip="tooz's file driver has no capabilities-with-members listing "
-                                      "comparable to a discovery store; not compared")
+            target = Target(name, f"file://{root}", raw_options={"root": root})
+            self._tooz(target, tooz_url("file", os.path.join(root, "tooz")))
         elif name in ("etcd", "redis"):
             cls = servers.EtcdServer if name == "etcd" else servers.RedisServer
             try:
@@ -187,17 +186,21 @@ class Targets:
             self._cleanup.append(server.close)
             server.start()
             target = Target(name, server.url, server=server, endpoint=server.endpoint)
-            err = tooz_error()
-            if no_tooz:
-                target.tooz_skip = "--no-tooz"
-            elif err:
-                target.tooz_skip = f"tooz does not import here: {err}"
-            else:
-                target.tooz_url = tooz_url(name, server.endpoint)
+            self._tooz(target, tooz_url(name, server.endpoint))
         else:  # pragma: no cover
             raise ValueError(name)
         _smoke(target)
         return target
+
+    def _tooz(self, target: Target, url: str | None) -> None:
+        err = tooz_error(target.name)
+        if self.config.getoption("--no-tooz"):
+            target.tooz_skip = "--no-tooz"
+        elif err:
+            target.tooz_skip = f"tooz does not import here: {err}"
+            METRICS.note(f"tooz not measured: {err}")
+        else:
+            target.tooz_url = url
 
     def close(self) -> None:
         for made in self._made.values():
@@ -266,6 +269,7 @@ def environment() -> dict[str, Any]:
         "packages": {d: _version(d) for d in (
             "waypost", "pluggy", "etcd-sdk-python", "grpcio", "protobuf", "redis", "hiredis",
             "watchfiles", "tooz", "etcd3gw", "pytest-benchmark")},
+        "consul_backend": importlib.util.find_spec("waypost.backends.consul") is not None,
         "servers": {
             "etcd": _server_version("etcd", ["--version"], "etcd Version"),
             "redis": _server_version("redis-server", ["--version"], "Redis server"),

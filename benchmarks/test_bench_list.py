@@ -8,16 +8,21 @@ tooz:    ``get_members_with_capabilities(group)`` (tooz's one-round-trip list;
 The N instances are written once per (backend, N), through the backend's own
 SPI (``Backend.create`` under one long lease) so the layout is exactly the
 backend's; tooz members are written in tooz's layout by ``ToozMember.populate``.
+
+Two passes, as for register: ``test_list`` (pytest-benchmark, contiguous rounds
+per implementation) and ``test_list_interleaved`` (implementations alternating
+round by round; the report quotes these medians).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from _common import NAMESPACE, encode, instance_dict, instance_ids, instance_key
+from _common import METRICS, NAMESPACE, encode, instance_dict, instance_ids, instance_key, interleaved
 from _tooz import ToozMember
 
 ENDPOINT = "generate"
@@ -75,7 +80,7 @@ class Populated:
         if key not in self.done:
             if target.tooz_url is None:
                 pytest.skip(target.tooz_skip or "no tooz driver")
-            member = ToozMember(target.tooz_url, f"bench-list-reader-{n}", ttl=30)
+            member = ToozMember(target.tooz_url, f"bench-list-reader-{n}", ttl=3600)
             self.cleanups.append(member.stop)
             group = f"{NAMESPACE}.{component(n)}"
             member.ensure_group(group)
@@ -99,6 +104,38 @@ def populated() -> Any:
     p.close()
 
 
+def _reader(target: Any, populated: Populated, impl: str, n: int) -> Callable[[], Any]:
+    if impl == "waypost":
+        return populated.waypost(target, n).namespace(NAMESPACE).component(component(n)).list_instances
+    if impl == "raw":
+        store = populated.raw(target, n)
+        prefix = f"v1/instances/{NAMESPACE}/{component(n)}/"
+        return lambda: store.list(prefix)
+    member = populated.tooz(target, n)
+    group = f"{NAMESPACE}.{component(n)}"
+    return lambda: member.members(group)
+
+
+def _list_rounds(mode: Any, n: int) -> int:
+    return mode.rounds({10: 300, 1000: 60, 10000: 15}[n], 3)
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_list_interleaved(target: Any, mode: Any, populated: Populated, n: int) -> None:
+    """All implementations alternating round by round (the figures the report quotes)."""
+    if n not in mode.list_sizes:
+        pytest.skip(f"N={n} is not measured in quick mode")
+    target = target.variant(f"list{n}")
+    impls = ["waypost", "raw"] + (["tooz"] if target.tooz_url else [])
+    readers = {impl: _reader(target, populated, impl, n) for impl in impls}
+    for impl, read in readers.items():
+        assert len(read()) == n, impl
+    samples = interleaved({impl: (None, read, None) for impl, read in readers.items()}, _list_rounds(mode, n),
+                          warmup=1)
+    for impl in impls:
+        METRICS.median("list", target.name, impl, samples[impl], "s", n=n, note="interleaved")
+
+
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("impl", ["waypost", "raw", "tooz"])
 def test_list(benchmark: Any, target: Any, mode: Any, populated: Populated, impl: str, n: int) -> None:
@@ -106,17 +143,9 @@ def test_list(benchmark: Any, target: Any, mode: Any, populated: Populated, impl
         pytest.skip(f"N={n} is not measured in quick mode")
     benchmark.group = f"list[{target.name}] N={n}"
     benchmark.extra_info.update(op="list", backend=target.name, impl=impl, n=n)
-    rounds = mode.rounds({10: 300, 1000: 60, 10000: 15}[n], 3)
     target = target.variant(f"list{n}")
-    if impl == "waypost":
-        comp = populated.waypost(target, n).namespace(NAMESPACE).component(component(n))
-        result = benchmark.pedantic(comp.list_instances, rounds=rounds, warmup_rounds=1)
-    elif impl == "raw":
-        store = populated.raw(target, n)
-        prefix = f"v1/instances/{NAMESPACE}/{component(n)}/"
-        result = benchmark.pedantic(store.list, args=(prefix,), rounds=rounds, warmup_rounds=1)
-    else:
-        member = populated.tooz(target, n)
-        result = benchmark.pedantic(member.members, args=(f"{NAMESPACE}.{component(n)}",), rounds=rounds,
-                                    warmup_rounds=1)
+    if impl == "tooz" and target.tooz_url is None:
+        pytest.skip(target.tooz_skip or "no tooz driver")
+    read = _reader(target, populated, impl, n)
+    result = benchmark.pedantic(read, rounds=_list_rounds(mode, n), warmup_rounds=1)
     assert len(result) == n

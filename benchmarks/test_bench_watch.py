@@ -128,7 +128,7 @@ class _Watcher:
 
             self._close = close_raw
         else:
-            member = ToozMember(target.tooz_url, f"crash-watcher-{id(self)}", ttl=10)
+            member = ToozMember(target.tooz_url, f"crash-watcher-{id(self)}", ttl=CRASH_TTL)
             group = f"{NAMESPACE}.{component}"
             member.ensure_group(group)
             member.watch(group, lambda kind, name: put((kind, name, time.monotonic())))
