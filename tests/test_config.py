@@ -24,6 +24,26 @@ def test_bad_urls_are_config_errors(bad: object) -> None:
         parse_url(bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("url", ["redis://admin:12/34@h:6379/0", "redis://admin:ab?cd@h", "etcd://u:p#q@h:1"])
+def test_unencoded_specials_in_credentials_are_refused_without_echo(url: str) -> None:
+    with pytest.raises(waypost.ConfigError, match="percent-encode") as info:
+        parse_url(url)
+    secret = url.split("://")[1].rpartition("@")[0].partition(":")[2]
+    assert secret not in str(info.value) and secret[:2] not in str(info.value)
+
+
+def test_relative_dyn_file_kv_becomes_absolute(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    monkeypatch.chdir(str(tmp_path))
+    assert resolve_url(None, {"DYN_FILE_KV": "kv"}) == f"file://{tmp_path}/kv"
+
+
+def test_backend_env_then_generic_env_for_ttl() -> None:
+    declared = [Option("ttl", parse_float(1, 100), 10.0, env="WAYPOST_TTL")]
+    env_names = {"ttl": "ETCD_LEASE_TTL"}
+    assert resolve_options(declared, {}, {}, {"WAYPOST_TTL": "4"}, env_names)["ttl"] == 4.0
+    assert resolve_options(declared, {}, {}, {"WAYPOST_TTL": "4", "ETCD_LEASE_TTL": "6"}, env_names)["ttl"] == 6.0
+
+
 def test_bad_url_error_never_shows_the_password() -> None:
     with pytest.raises(waypost.ConfigError) as info:
         parse_url("no-scheme-user:hunter2@host")
@@ -38,6 +58,7 @@ def test_bad_url_error_never_shows_the_password() -> None:
     ({"DYN_DISCOVERY_BACKEND": "etcd", "ETCD_ENDPOINTS": "https://a:1"}, "etcds://a:1"),
     ({"DYN_DISCOVERY_BACKEND": "file", "DYN_FILE_KV": "/srv/kv"}, "file:///srv/kv"),
     ({"DYN_FILE_KV": "/srv/kv"}, "file:///srv/kv"),
+    ({"DYN_FILE_KV": "/tmp/a%41b c"}, "file:///tmp/a%2541b%20c"),
     ({"DYN_DISCOVERY_BACKEND": "mem"}, "memory://"),
 ])
 def test_url_resolution_precedence(env: dict[str, str], expected: str) -> None:

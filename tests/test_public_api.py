@@ -14,7 +14,7 @@ EXPECTED_PUBLIC = {
     "Capability", "Client", "Closed", "CodecError", "Component", "ConfigError", "DeviceType", "Endpoint",
     "EndpointId", "Event", "Instance", "Interrupted", "InvalidName", "LeaseLost", "Namespace", "NoInstances",
     "NotFound", "Query", "Registration", "Removed", "RequestPlaneCodec", "Resynced", "Runtime", "TransportType",
-    "Watch", "WaypostError", "__version__", "aio", "connect", "hookimpl", "register_plugin",
+    "Watch", "WaypostError", "__version__", "aio", "connect", "hookimpl", "register_plugin", "unregister_plugin",
 }
 
 

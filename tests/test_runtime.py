@@ -48,14 +48,36 @@ def test_one_keepalive_thread_per_runtime_whatever_the_endpoint_count(url: str) 
         assert len(rt.registrations()) == 50
 
 
-def test_unregister_failure_keeps_the_registration_to_retry(url: str) -> None:
+def test_unregister_during_outage_forgets_now_and_deletes_later(url: str) -> None:
     rt = waypost.connect(url)
     reg = rt.namespace("n").component("c").endpoint("e").register(TransportType.tcp("h:1"))
+    key = reg.instance.key
     rt.backend.close()  # the store goes away under the Runtime
-    with pytest.raises(waypost.Closed):
-        reg.unregister()
-    assert reg.active  # not silently forgotten while its key may still be alive
+    reg.unregister()  # does not raise: the delete is retried by the keepalive thread
+    assert not reg.active and rt.registrations() == []
+    assert rt._pending_deletes == {key}
     rt._abandon()
+
+
+def test_a_rejected_update_leaves_the_registration_intact(url: str) -> None:
+    with waypost.connect(url) as rt:
+        ep = rt.namespace("n").component("c").endpoint("e")
+        reg = ep.register(TransportType.tcp("h:1"))
+        with pytest.raises(waypost.ConfigError, match="device_type"):
+            ep.register(TransportType.tcp("h:2"), device_type="gpu")
+        assert reg.instance.transport == TransportType.tcp("h:1")
+        assert rt.list_instances() == [reg.instance]
+        reg.unregister()
+        assert rt.list_instances() == []
+
+
+def test_register_after_an_unnoticed_lease_loss_recovers_first(url: str) -> None:
+    with waypost.connect(url, ttl=30) as rt, waypost.connect(url) as other:
+        rt.namespace("n").component("c").endpoint("a").register(TransportType.tcp("h:1"))
+        other.backend.revoke_lease(rt.instance_id)  # the keepalive won't look for 10 s
+        reg = rt.namespace("n").component("c").endpoint("b").register(TransportType.tcp("h:2"))
+        assert reg.active
+        assert [i.endpoint for i in other.list_instances()] == ["a", "b"]
 
 
 def test_watch_iterates_until_closed(url: str) -> None:

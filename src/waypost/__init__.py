@@ -33,7 +33,7 @@ from .core._errors import (
 from .core._events import Added, Event, Interrupted, Removed, Resynced
 from .core._instance import DeviceType, Instance, RequestPlaneCodec, TransportType
 from .core._names import EndpointId
-from .core._plugins import register_plugin
+from .core._plugins import register_plugin, unregister_plugin
 from .core._query import Query
 from .core._runtime import Component, Endpoint, Namespace, Registration, Runtime, connect
 from .core._spi import Capability
@@ -82,6 +82,7 @@ __all__ = [
     "connect",
     "hookimpl",
     "register_plugin",
+    "unregister_plugin",
 ]
 
 

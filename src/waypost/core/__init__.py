@@ -27,7 +27,14 @@ from ._errors import (
     WaypostError,
 )
 from ._instance import KEY_ROOT, decode_entry, instance_key, parse_instance_key
-from ._plugins import BackendEntry, backend_class, installed_backends, plugin_manager, register_plugin
+from ._plugins import (
+    BackendEntry,
+    backend_class,
+    installed_backends,
+    plugin_manager,
+    register_plugin,
+    unregister_plugin,
+)
 from ._runtime import RUNTIME_OPTIONS, random_instance_id
 from ._spi import Backend, Capability, Lease, Option, ParsedURL, WatchHandle, WatchSink
 from .hookspecs import hookimpl
@@ -72,4 +79,5 @@ __all__ = [
     "register_plugin",
     "resolve_options",
     "resolve_url",
+    "unregister_plugin",
 ]

@@ -80,6 +80,10 @@ class Client:
             while len(self._instances) < count:
                 if self._closed:
                     raise Closed(f"client of {self.endpoint_id} is closed")
+                if self._view.error is not None:  # no more updates will come: say why
+                    raise NoInstances(
+                        f"{self.endpoint_id}: the watch feeding this client failed: {self._view.error}"
+                    ) from self._view.error
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise NoInstances(
@@ -116,9 +120,10 @@ class Client:
 
     # lifecycle ----------------------------------------------------------------
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        with self._changed:
+            if self._closed:
+                return
+            self._closed = True
         try:
             self._handle.close()
         finally:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, quote, unquote
 
 from ._errors import ConfigError
 from ._spi import Option, ParsedURL
@@ -41,6 +42,13 @@ def parse_url(url: str) -> ParsedURL:
         )
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower()
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in rest and "@" not in authority:
+        # A user or password with an unencoded / ? or #: say nothing of what we saw.
+        raise ConfigError(
+            f"invalid {scheme}:// URL: its user info holds '/', '?' or '#'; "
+            "percent-encode special characters in the user and password (e.g. '/' as %2F)"
+        )
     rest, _, query_text = rest.partition("?")
     netloc, slash, path = rest.partition("/")
     path = slash + path
@@ -90,14 +98,17 @@ def resolve_url(url: str | None, environ: Mapping[str, str] | None = None) -> st
     if backend == "etcd":
         return _etcd_url_from_env(env.get("ETCD_ENDPOINTS", "http://127.0.0.1:2379"))
     if backend == "file":
-        path = env.get("DYN_FILE_KV")
-        return f"file://{path}" if path else DEFAULT_URL
+        return _file_url(env.get("DYN_FILE_KV"))
     if backend in ("mem", "memory"):
         return "memory://"
     if backend:
         raise ConfigError(f"DYN_DISCOVERY_BACKEND={backend!r} is not supported: expected etcd, file or mem")
-    path = env.get("DYN_FILE_KV")
-    return f"file://{path}" if path else DEFAULT_URL
+    return _file_url(env.get("DYN_FILE_KV"))
+
+
+def _file_url(path: str | None) -> str:
+    """``DYN_FILE_KV`` is a plain path (maybe relative, maybe with ``%``): quote it into a URL."""
+    return "file://" + quote(os.path.abspath(path)) if path else DEFAULT_URL
 
 
 def _etcd_url_from_env(endpoints: str) -> str:
@@ -134,12 +145,14 @@ def resolve_options(
             )
     result: dict[str, Any] = {}
     for name, opt in by_name.items():
-        env_name = (env_names or {}).get(name) or opt.env
+        # A backend's own variable (e.g. ETCD_LEASE_TTL) first, then the option's (WAYPOST_TTL).
+        env_candidates = [n for n in ((env_names or {}).get(name), opt.env) if n]
+        env_name = next((n for n in env_candidates if env.get(n) not in (None, "")), None)
         if name in kwargs:
             raw, origin = kwargs[name], f"keyword argument {name}"
         elif name in query:
             raw, origin = query[name], f"URL query parameter {name}"
-        elif env_name and env.get(env_name) not in (None, ""):
+        elif env_name is not None:
             raw, origin = env[env_name], f"environment variable {env_name}"
         else:
             result[name] = opt.default

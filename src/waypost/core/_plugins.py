@@ -16,7 +16,15 @@ from ._errors import BackendNotInstalled
 if TYPE_CHECKING:
     from ._spi import Backend
 
-__all__ = ["BackendEntry", "backend_class", "installed_backends", "notify", "plugin_manager", "register_plugin"]
+__all__ = [
+    "BackendEntry",
+    "backend_class",
+    "installed_backends",
+    "notify",
+    "plugin_manager",
+    "register_plugin",
+    "unregister_plugin",
+]
 
 BACKEND_GROUP = "waypost.backends"
 PLUGIN_GROUP = "waypost.plugins"
@@ -35,9 +43,23 @@ def plugin_manager() -> pluggy.PluginManager:
         if _manager is None:
             manager = pluggy.PluginManager(hookspecs.PROJECT)
             manager.add_hookspecs(hookspecs)
-            manager.load_setuptools_entrypoints(PLUGIN_GROUP)
+            _load_observers(manager)
             _manager = manager
         return _manager
+
+
+def _load_observers(manager: pluggy.PluginManager) -> None:
+    """Load ``waypost.plugins`` entry points; a broken one is logged and skipped, never fatal."""
+    for ep in metadata.entry_points(group=PLUGIN_GROUP):
+        try:
+            manager.register(ep.load(), name=ep.name)
+        except Exception:
+            _log.exception("waypost observer plugin %r (%s) failed to load; skipped", ep.name, ep.value)
+
+
+def unregister_plugin(plugin: object) -> None:
+    """Remove a plugin registered with :func:`register_plugin`."""
+    plugin_manager().unregister(plugin)
 
 
 def register_plugin(plugin: object, name: str | None = None) -> None:

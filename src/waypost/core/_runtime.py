@@ -69,6 +69,14 @@ def connect(url: str | None = None, **options: Any) -> Runtime:
         raise
 
 
+class _LostLease(LeaseLost):
+    """LeaseLost that remembers which lease a write found lost."""
+
+    def __init__(self, lease: Lease, message: str) -> None:
+        super().__init__(message)
+        self.lease = lease
+
+
 class Registration:
     """One endpoint served by a Runtime. ``unregister()`` (or leaving ``with``) removes it."""
 
@@ -112,6 +120,7 @@ class Runtime:
         self._lock = threading.RLock()  # guards registrations and the lease; held across store writes
         self._handles_lock = threading.Lock()  # guards the namespace cache and open watches; never held on I/O
         self._registrations: dict[EndpointId, Registration] = {}
+        self._pending_deletes: set[str] = set()  # keys to delete whose first delete failed
         self._namespaces: dict[str, Namespace] = {}
         self._watches: set[Watch | Client] = set()
         self._closed = False
@@ -159,38 +168,80 @@ class Runtime:
         request_plane_codec: RequestPlaneCodec | str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> Registration:
-        """Register (create-only) or, if this Runtime already serves it, update ``endpoint_id``."""
+        """Register (create-only) or, if this Runtime already serves it, update ``endpoint_id``.
+
+        If the lease turns out to be lost, the Runtime recovers first (new lease,
+        everything re-registered) and then registers; with
+        ``on_lease_lost="shutdown"`` it raises :class:`LeaseLost` instead.
+        """
         fields = {"transport": transport, "device_type": device_type,
                   "request_plane_codec": request_plane_codec, "metadata": metadata}
-        with self._lock:
-            self._check_open()
-            existing = self._registrations.get(endpoint_id)
-            registration = existing or Registration(self, endpoint_id, fields)
-            registration.fields = fields
-            instance = self._instance_for(registration)  # validates before any store write
-            if existing is None:
-                self.backend.create(self.lease, instance.key, instance.to_json())
-                self._registrations[endpoint_id] = registration
-            else:
-                self.backend.replace(self.lease, instance.key, instance.to_json())
+        try:
+            registration, instance = self._register_once(endpoint_id, fields)
+        except _LostLease as exc:
+            # Recover outside the lock: recovery may wait for the store, and close() needs the lock.
+            self._handle_lease_loss(exc.lease, str(exc))
+            if self.on_lease_lost == "shutdown":
+                raise
+            registration, instance = self._register_once(endpoint_id, fields)
         _log.debug("registered %s", instance)
         notify("waypost_on_registered", runtime=self, instance=instance)
         return registration
 
+    def _register_once(self, endpoint_id: EndpointId, fields: dict[str, Any]) -> tuple[Registration, Instance]:
+        with self._lock:
+            self._check_open()
+            lease = self.lease
+            instance = self._build_instance(endpoint_id, fields)  # validates before any store write
+            try:
+                return self._write_registration(endpoint_id, instance, fields), instance
+            except LeaseLost as exc:
+                raise _LostLease(lease, str(exc)) from exc
+
+    def _write_registration(self, endpoint_id: EndpointId, instance: Instance,
+                            fields: dict[str, Any]) -> Registration:
+        """Store ``instance``; only once the store took it does the registration change (lock held)."""
+        key, value = instance.key, instance.to_json()
+        existing = self._registrations.get(endpoint_id)
+        if existing is not None:
+            self.backend.replace(self.lease, key, value)
+            existing.fields = fields
+            return existing
+        try:
+            self.backend.create(self.lease, key, value)
+        except (AlreadyRegistered, ConfigError, LeaseLost):
+            raise
+        except WaypostError:
+            # The write may have landed before the reply was lost: never leave a key
+            # that our keepalive would keep alive with nobody tracking it.
+            self._pending_deletes.add(key)
+            raise
+        self._pending_deletes.discard(key)
+        registration = self._registrations[endpoint_id] = Registration(self, endpoint_id, fields)
+        return registration
+
+    def _build_instance(self, endpoint_id: EndpointId, fields: Mapping[str, Any]) -> Instance:
+        return Instance(endpoint_id.namespace, endpoint_id.component, endpoint_id.name, self.lease.id, **fields)
+
     def _instance_for(self, registration: Registration) -> Instance:
-        eid = registration.endpoint_id
-        return Instance(eid.namespace, eid.component, eid.name, self.lease.id, **registration.fields)
+        return self._build_instance(registration.endpoint_id, registration.fields)
 
     def _unregister(self, registration: Registration) -> None:
+        """Forget the registration now; delete its key now, or from the keepalive thread if the store fails.
+
+        Either way it is never re-registered after a lease loss (no phantom).
+        """
         with self._lock:
             if self._registrations.get(registration.endpoint_id) is not registration:
                 return
+            del self._registrations[registration.endpoint_id]
             instance = self._instance_for(registration)
             if not self._closed:
-                # Delete first: if the store fails, the registration stays ours to retry,
-                # never an untracked key kept alive by our keepalive (a phantom).
-                self.backend.delete(self.lease, instance.key)
-            del self._registrations[registration.endpoint_id]
+                try:
+                    self.backend.delete(self.lease, instance.key)
+                except WaypostError as exc:
+                    self._pending_deletes.add(instance.key)
+                    _log.warning("could not delete %s now (%s); the keepalive thread retries", instance, exc)
         notify("waypost_on_unregistered", runtime=self, instance=instance)
 
     def registrations(self) -> list[Registration]:
@@ -244,16 +295,18 @@ class Runtime:
         while not self._stop.wait(self._next_keepalive_delay(last_ok)):
             if time.monotonic() < self._keepalive_paused_until:
                 continue
+            lease = self.lease
             try:
-                self.backend.keep_alive(self.lease)
+                self.backend.keep_alive(lease)
                 last_ok = time.monotonic()
+                self._retry_pending_deletes()
             except LeaseLost as exc:
-                self._handle_lease_loss(str(exc))
+                self._handle_lease_loss(lease, str(exc))
                 last_ok = time.monotonic()
             except WaypostError as exc:
-                _log.warning("keepalive of lease %x failed (%s); retrying", self.lease.id, exc)
+                _log.warning("keepalive of lease %x failed (%s); retrying", lease.id, exc)
             except Exception:  # never let the keepalive thread die silently
-                _log.exception("keepalive of lease %x raised; retrying", self.lease.id)
+                _log.exception("keepalive of lease %x raised; retrying", lease.id)
 
     def _next_keepalive_delay(self, last_ok: float) -> float:
         overdue = time.monotonic() - last_ok >= self.keepalive_interval
@@ -262,36 +315,59 @@ class Runtime:
         paused = self._keepalive_paused_until - time.monotonic()
         return max(delay, paused, 0.01)
 
-    def _handle_lease_loss(self, reason: str) -> None:
-        old_id = self.lease.id
+    def _retry_pending_deletes(self) -> None:
+        with self._lock:
+            for key in list(self._pending_deletes):
+                self.backend.delete(self.lease, key)  # raises on failure: retried next period
+                self._pending_deletes.discard(key)
+
+    def _handle_lease_loss(self, lost: Lease, reason: str) -> None:
+        """Recover from the loss of ``lost`` once, whichever thread noticed it first."""
         if self.on_lease_lost == "shutdown":
-            _log.error("lease %x lost (%s); shutting the Runtime down (on_lease_lost=shutdown)", old_id, reason)
-            with self._lock:
-                self._registrations.clear()
-            notify("waypost_on_lease_lost", runtime=self, old_instance_id=old_id, new_instance_id=None,
-                   reason=reason)
-            threading.Thread(target=self.close, name="waypost-shutdown", daemon=True).start()
-            self._stop.set()
+            self._shut_down_after_loss(lost, reason)
             return
+        recreated: set[EndpointId] = set()
         while not self._stop.is_set():
             try:
                 with self._lock:
-                    if self._closed:
-                        return
-                    self.lease = self.backend.grant_lease(self.ttl, preferred_id=old_id)
-                    for registration in self._registrations.values():
-                        self._recreate(registration)
+                    if self._closed or (self.lease is not lost and not recreated):
+                        return  # closed, or another thread already recovered
+                    if self.lease is lost:
+                        self.lease = self.backend.grant_lease(self.ttl, preferred_id=lost.id)
+                        self._pending_deletes.clear()  # those keys died with the lost lease
+                    for endpoint_id, registration in list(self._registrations.items()):
+                        if endpoint_id not in recreated:
+                            self._recreate(registration)
+                            recreated.add(endpoint_id)
                     count = len(self._registrations)
                 break
+            except LeaseLost:
+                with self._lock:  # the replacement lease died too: start over with a new one
+                    lost, recreated = self.lease, set()
             except WaypostError as exc:
+                # Keep the lease we were granted; only the remaining endpoints are retried.
                 _log.warning("re-registration after lease loss failed (%s); retrying", exc)
                 self._stop.wait(self.keepalive_interval / 4)
         else:
             return
         _log.warning("lease %x lost (%s); re-registered %d endpoint(s) under lease %x",
-                     old_id, reason, count, self.lease.id)
-        notify("waypost_on_lease_lost", runtime=self, old_instance_id=old_id,
+                     lost.id, reason, count, self.lease.id)
+        notify("waypost_on_lease_lost", runtime=self, old_instance_id=lost.id,
                new_instance_id=self.lease.id, reason=reason)
+
+    def _shut_down_after_loss(self, lost: Lease, reason: str) -> None:
+        with self._lock:
+            if self._closed or self._stop.is_set():
+                return
+            self._stop.set()
+            registrations = list(self._registrations.values())
+            self._registrations.clear()
+        _log.error("lease %x lost (%s); shutting the Runtime down (on_lease_lost=shutdown)", lost.id, reason)
+        for registration in registrations:
+            notify("waypost_on_unregistered", runtime=self, instance=self._instance_for(registration))
+        notify("waypost_on_lease_lost", runtime=self, old_instance_id=lost.id, new_instance_id=None,
+               reason=reason)
+        threading.Thread(target=self.close, name="waypost-shutdown", daemon=True).start()
 
     def _recreate(self, registration: Registration) -> None:
         instance = self._instance_for(registration)
@@ -308,7 +384,9 @@ class Runtime:
             if self._closed:
                 return
             self._closed = True
+            # Taken under the lock, so a racing unregister() finds nothing and hooks fire once.
             registrations = list(self._registrations.values())
+            self._registrations.clear()
             watches = list(self._watches)
         self._stop.set()
         if self._keepalive is not threading.current_thread():
@@ -321,8 +399,6 @@ class Runtime:
             _log.warning("could not revoke lease %x on close (%s); it expires within %s s",
                          self.lease.id, exc, self.ttl)
         finally:
-            with self._lock:
-                self._registrations.clear()
             self.backend.close()
         for registration in registrations:
             notify("waypost_on_unregistered", runtime=self, instance=self._instance_for(registration))

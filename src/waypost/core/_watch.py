@@ -6,6 +6,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -39,13 +40,30 @@ def decode_or_warn(key: str, value: bytes, query: Query) -> Instance | None:
     try:
         return decode_entry(key, value)
     except CodecError as exc:
-        if b'"type":"Endpoint"' in value or not value.lstrip().startswith(b"{"):
-            # Not another Dynamo type (e.g. a Model record): say so once per read.
-            _log.warning("skipping undecodable value at %s: %s", key, exc)
-        else:
-            _log.debug("skipping non-endpoint value at %s: %s", key, exc)
+        if _first_sighting(key, value):
+            if b'"type":"Endpoint"' in value or not value.lstrip().startswith(b"{"):
+                _log.warning("skipping undecodable value at %s: %s", key, exc)
+            else:  # another Dynamo record type (e.g. a Model): expected, not worth a warning
+                _log.debug("skipping non-endpoint value at %s: %s", key, exc)
         notify("waypost_on_value_skipped", key=key, reason=str(exc))
         return None
+
+
+_seen_bad: OrderedDict[tuple[str, int], None] = OrderedDict()
+_seen_bad_lock = threading.Lock()
+
+
+def _first_sighting(key: str, value: bytes) -> bool:
+    """True the first time this bad value is met, so pollers warn once, not on every read."""
+    marker = (key, hash(value))
+    with _seen_bad_lock:
+        if marker in _seen_bad:
+            _seen_bad.move_to_end(marker)
+            return False
+        _seen_bad[marker] = None
+        if len(_seen_bad) > 4096:
+            _seen_bad.popitem(last=False)
+        return True
 
 
 class InstanceView:
@@ -120,6 +138,7 @@ class InstanceView:
         with self._lock:
             self.error = error
             self._deliver([])
+        notify("waypost_on_watch_failed", query=self.query, error=error)
 
 
 _CLOSED = object()
@@ -139,6 +158,7 @@ class Watch:
         self._view = InstanceView(query, self._enqueue)
         self._on_close = on_close
         self._closed = False
+        self._close_lock = threading.Lock()
         self._handle = start(self._view)
 
     def _enqueue(self, events: list[Event]) -> None:
@@ -191,9 +211,10 @@ class Watch:
                 yield event
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
         try:
             self._handle.close()
         finally:

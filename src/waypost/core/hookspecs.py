@@ -98,5 +98,10 @@ def waypost_on_watch_interrupted(query: Query, reason: str) -> None:
 
 
 @hookspec
+def waypost_on_watch_failed(query: Query, error: BaseException) -> None:
+    """A watch ended for good (not a transient outage); clients keep their last snapshot."""
+
+
+@hookspec
 def waypost_on_value_skipped(key: str, reason: str) -> None:
     """A stored value under ``v1/instances`` did not decode and was skipped."""
