@@ -55,7 +55,7 @@ class Client:
                     self._by_key[event.instance.key] = event.instance
                 elif isinstance(event, Removed):
                     self._by_key.pop(event.instance.key, None)
-            self._instances = sorted(self._by_key.values())
+            self._instances = sorted(self._by_key.values(), key=str)
             self._changed.notify_all()
 
     # reading ----------------------------------------------------------------

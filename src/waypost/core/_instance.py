@@ -100,7 +100,8 @@ class Instance:
     """One process serving one endpoint, as stored in discovery.
 
     Instances compare equal when every field is equal and sort by ``str()``,
-    which is ``namespace/component/endpoint/<decimal instance id>``.
+    which is ``namespace/component/endpoint/<decimal instance id>`` (to sort
+    many, ``sorted(instances, key=str)`` builds each string once).
     """
 
     namespace: str

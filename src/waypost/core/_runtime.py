@@ -253,7 +253,7 @@ class Runtime:
         """Every instance matching ``query`` (default: all), sorted; one store read."""
         query = query or Query.all()
         self._check_open()
-        return sorted(decode_items(self.backend.list(query.prefix), query).values())
+        return sorted(decode_items(self.backend.list(query.prefix), query).values(), key=str)
 
     def _start_watch(self, query: Query) -> Callable[[InstanceView], WatchHandle]:
         def start(view: InstanceView) -> WatchHandle:

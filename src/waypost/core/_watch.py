@@ -83,7 +83,7 @@ class InstanceView:
 
     def instances(self) -> list[Instance]:
         with self._lock:
-            return sorted(self._instances.values())
+            return sorted(self._instances.values(), key=str)
 
     # WatchSink -----------------------------------------------------------
     def reset(self, items: Iterable[tuple[str, bytes]], reason: str | None) -> None:
