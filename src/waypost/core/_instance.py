@@ -196,23 +196,41 @@ class Instance:
 
     @classmethod
     def from_dict(cls, value: object) -> Instance:
+        """Build from a decoded JSON object, checking it as strictly as the constructor does."""
         if not isinstance(value, dict):
             raise CodecError(f"value is a JSON {type(value).__name__}, expected an object")
         if value.get("type") != "Endpoint":
             raise CodecError(f"value has type {value.get('type')!r}, not 'Endpoint'")
         try:
-            return cls(
-                namespace=_required_str(value, "namespace"),
-                component=_required_str(value, "component"),
-                endpoint=_required_str(value, "endpoint"),
-                instance_id=value.get("instance_id"),  # type: ignore[arg-type]
-                transport=_decode_transport(value.get("transport")),
-                device_type=value.get("device_type"),
-                request_plane_codec=value.get("request_plane_codec"),
-                metadata=value.get("metadata"),
+            namespace = validate_namespace(_required_str(value, "namespace"))
+            component = validate_segment("component", _required_str(value, "component"))
+            endpoint = validate_segment("endpoint", _required_str(value, "endpoint"))
+            instance_id = value.get("instance_id")
+            _check_instance_id(instance_id)
+            metadata = value.get("metadata")
+            if metadata is not None and not isinstance(metadata, dict):  # JSON object keys are strings
+                raise ConfigError(f"metadata must be a JSON object, got {metadata!r}")
+            return cls._trusted(
+                namespace, component, endpoint, instance_id,
+                _decode_transport(value.get("transport")),
+                _enum_or_none(DeviceType, "device_type", value.get("device_type")),
+                _enum_or_none(RequestPlaneCodec, "request_plane_codec", value.get("request_plane_codec")),
+                metadata,
             )
         except (ConfigError, InvalidName) as exc:
             raise CodecError(str(exc)) from exc
+
+    @classmethod
+    def _trusted(cls, *fields: Any) -> Instance:
+        """Skip ``__post_init__`` for fields already checked (decoding thousands of values)."""
+        instance = object.__new__(cls)
+        for name, field_value in zip(_FIELD_NAMES, fields, strict=True):
+            object.__setattr__(instance, name, field_value)
+        return instance
+
+
+_FIELD_NAMES = ("namespace", "component", "endpoint", "instance_id", "transport", "device_type",
+                "request_plane_codec", "metadata")
 
 
 def _required_str(value: dict[str, Any], name: str) -> str:
@@ -228,7 +246,10 @@ def _decode_transport(value: object) -> TransportType:
     ((kind, address),) = value.items()
     if kind not in _TRANSPORT_KINDS or not isinstance(address, str):
         raise CodecError(f"transport must be one of {_TRANSPORT_KINDS} with a string, got {value!r}")
-    return TransportType(kind, address)
+    transport = object.__new__(TransportType)  # checked just above: skip __post_init__
+    object.__setattr__(transport, "kind", kind)
+    object.__setattr__(transport, "address", address)
+    return transport
 
 
 def _check_instance_id(instance_id: object) -> None:
