@@ -10,20 +10,20 @@ import base64
 import contextlib
 import json
 import signal
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import consul
 import pytest
 
 import servers
 import waypost
 from waypost import Added, Interrupted, Query, Removed, Resynced, TransportType
 from waypost.contrib.conformance._harness import Worker, wait_until
-
-consul = pytest.importorskip("consul")
 
 TTL = 1.0
 ACL_TOKEN = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
@@ -250,7 +250,7 @@ def test_bad_urls_are_config_errors(url: str, match: str) -> None:
 
 
 def test_declared_options_and_capabilities() -> None:
-    from waypost.backends.consul import ConsulBackend  # after the importorskip above
+    from waypost.backends.consul import ConsulBackend
 
     names = {o.name for o in ConsulBackend.options}
     assert names == {"timeout", "token", "ca_cert", "cert_cert", "cert_key", "root", "dc", "consistency",
@@ -306,12 +306,76 @@ def test_closing_a_watch_aborts_its_blocking_query(consul_server: servers.Consul
                                                    runtimes: list[waypost.Runtime], ns: str) -> None:
     rt = _connect(runtimes, consul_server.url, watch_wait=60.0)
     baseline = threading.active_count()
+    before = set(threading.enumerate())
     watch = rt.watch(Query.namespace(ns))
-    time.sleep(0.2)  # not a synchronisation: lets the blocking query reach the agent before we close
+    [fetcher] = [t for t in threading.enumerate() if t not in before and t.name == "waypost-consul-watch"]
+    wait_until(lambda: _in_blocking_read(fetcher), 5.0, what="the watch's blocking query in flight")
     started = time.monotonic()
     watch.close()
     assert time.monotonic() - started < 1.0
     wait_until(lambda: threading.active_count() <= baseline, 1.0, what="watch threads gone")
+
+
+def _in_blocking_read(thread: threading.Thread) -> bool:
+    """Is ``thread`` waiting for the answer to a KV read (reading its socket inside ``read_prefix``)?"""
+    frame = sys._current_frames().get(thread.ident or 0)
+    names: set[str] = set()
+    while frame is not None:
+        code = frame.f_code
+        names.add("socket.readinto" if code.co_name == "readinto" and code.co_filename.endswith("socket.py")
+                  else code.co_name)
+        frame = frame.f_back
+    return {"read_prefix", "socket.readinto"} <= names
+
+
+def _backend(url: str, **options: Any) -> Any:
+    from waypost.backends.consul import ConsulBackend
+    from waypost.core import parse_url
+
+    defaults = {o.name: o.default for o in ConsulBackend.options}
+    return ConsulBackend.from_url(parse_url(url), {**defaults, **options})
+
+
+def test_a_retried_create_finds_its_own_write(consul_server: servers.ConsulServer, ns: str) -> None:
+    """A create retried after a lost reply: the key is held by our session with our value, so it succeeds."""
+    a, b = _backend(consul_server.url), _backend(consul_server.url)
+    try:
+        lease = a.grant_lease(10.0)
+        key = f"v1/instances/{ns}/c/e/{lease.id:x}"
+        a.create(lease, key, b"v1")
+        a.create(lease, key, b"v1")  # the retry: not a conflict
+        with pytest.raises(waypost.AlreadyRegistered):
+            a.create(lease, key, b"v2")  # ours, but another value: a real conflict
+        other = b.grant_lease(10.0)
+        with pytest.raises(waypost.AlreadyRegistered):
+            b.create(other, key, b"v1")  # the same value under another session: not b's
+        assert a.list(f"v1/instances/{ns}/") == [(key, b"v1")]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_lost_lease_never_deletes_the_key_of_the_runtime_that_took_its_id(
+        consul_server: servers.ConsulServer, ns: str) -> None:
+    """Runtime A loses its lease; B takes the same instance id and endpoint; A's late delete leaves B's key."""
+    a, b = _backend(consul_server.url), _backend(consul_server.url)
+    try:
+        lease_a = a.grant_lease(10.0, preferred_id=0x5EED)
+        key = f"v1/instances/{ns}/c/e/{lease_a.id:x}"
+        a.create(lease_a, key, b"from a")
+        b.revoke_lease(lease_a.id)  # A's lease is gone (as if expired) but A does not know yet
+        lease_b = b.grant_lease(10.0, preferred_id=lease_a.id)
+        assert lease_b == lease_a  # same id and ttl: only the session tells them apart
+        b.create(lease_b, key, b"from b")
+        a.delete(lease_a, key)  # A's late unregister
+        assert b.list(f"v1/instances/{ns}/") == [(key, b"from b")]
+        assert _raw(consul_server).kv.get(key)[1]["Value"] == b"from b"
+        b.delete(lease_b, key)
+        assert b.list(f"v1/instances/{ns}/") == []
+        b.delete(lease_b, key)  # a missing key is not an error
+    finally:
+        a.close()
+        b.close()
 
 
 def test_binary_values_round_trip_unchanged(consul_server: servers.ConsulServer, runtimes: list[waypost.Runtime],

@@ -133,8 +133,10 @@ def redis_factory() -> Iterator[Callable[..., servers.RedisServer]]:
     made: list[servers.RedisServer] = []
 
     def make(**options: Any) -> servers.RedisServer:
-        made.append(servers.RedisServer(**options))
-        return made[-1].start()
+        server = servers.RedisServer(**options)
+        made.append(server)
+        server.start()
+        return server
 
     yield make
     for server in made:
@@ -158,7 +160,7 @@ def runtimes() -> Iterator[Callable[..., waypost.Runtime]]:
 
 @pytest.fixture
 def proxy(redis_server: servers.RedisServer) -> Iterator[Proxy]:
-    p = Proxy(redis_server.port)
+    p = Proxy(_port(redis_server))
     yield p
     p.close()
 
@@ -172,6 +174,16 @@ def _backend(url: str, **options: Any) -> RedisBackend:
     parsed = parse_url(url)
     defaults = {o.name: o.default for o in RedisBackend.options}
     return RedisBackend(parsed, {**defaults, **options})
+
+
+def _port(server: servers.RedisServer) -> int:
+    assert server.port is not None
+    return server.port
+
+
+def _raw(server: servers.RedisServer) -> Any:
+    """A plain redis-py client on ``server`` (replies as bytes)."""
+    return redis.Redis(host="127.0.0.1", port=_port(server))
 
 
 def _tcp(n: int) -> TransportType:
@@ -245,7 +257,6 @@ def test_acl_user_outside_its_prefix_is_refused(redis_factory: Callable[..., Any
 
 
 def test_tls_needs_the_ca(tmp_path: Path, redis_factory: Callable[..., Any]) -> None:
-    pytest.importorskip("trustme")
     tls = servers.make_tls(tmp_path)
     srv = redis_factory(tls=tls)
     with pytest.raises(waypost.BackendUnavailable):
@@ -281,7 +292,7 @@ def test_keys_and_values_are_the_design_wire_format(redis_server: servers.RedisS
         _tcp(9), device_type="cuda", request_plane_codec="msgpack")
     instance = reg.instance
     assert instance.key == f"v1/instances/dynamo/backend/generate/{rt.instance_id:x}"
-    raw = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    raw = _raw(redis_server)
     assert raw.hget(prefix + "values", instance.key) == instance.to_json()
     assert raw.zrangebylex(prefix + "index", "-", "+") == [instance.key.encode()]
     assert all(k.startswith(prefix.encode()) for k in raw.keys(prefix + "*"))
@@ -302,7 +313,7 @@ def test_foreign_and_corrupt_entries_are_skipped(redis_server: servers.RedisServ
                                                  runtimes: Callable[..., waypost.Runtime], ns: str) -> None:
     rt = runtimes(redis_server.url)
     good = rt.namespace(ns).component("c").endpoint("good").register(_tcp(1))
-    raw = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    raw = _raw(redis_server)
     base = f"v1/instances/{ns}/c"
     # A foreign writer that bypasses the scripts: junk values, and an index entry without a value.
     raw.hset("waypost:values", mapping={f"{base}/junk/1": b"\xff\x00", f"{base}/model/2": b'{"type":"Model"}'})
@@ -339,6 +350,37 @@ def test_lease_rules(redis_server: servers.RedisServer, ns: str) -> None:
             a.create(lease, key, b"v1")
         b.revoke_lease(lease.id)  # idempotent
         assert b.grant_lease(5.0, preferred_id=lease.id) == Lease(lease.id, 5.0)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_lost_lease_never_touches_the_key_of_the_runtime_that_took_its_id(
+        redis_server: servers.RedisServer, ns: str) -> None:
+    """A loses its lease; B takes the same instance id and endpoint; A's late calls leave B alone."""
+    a, b = _backend(redis_server.url), _backend(redis_server.url)
+    try:
+        lease_a = a.grant_lease(10.0, preferred_id=0x5EED)
+        key = f"v1/instances/{ns}/c/e/{lease_a.id:x}"
+        a.create(lease_a, key, b"from a")
+        b.revoke_lease(lease_a.id)  # A's lease is gone (as if expired) but A does not know yet
+        lease_b = b.grant_lease(10.0, preferred_id=lease_a.id)
+        assert lease_b == lease_a  # same id and ttl: only the grant tells them apart
+        b.create(lease_b, key, b"from b")
+        a.delete(lease_a, key)  # A's late unregister
+        assert b.list(f"v1/instances/{ns}/") == [(key, b"from b")]
+        with pytest.raises(waypost.LeaseLost):
+            a.keep_alive(lease_a)  # not B's lease kept alive as if it were A's
+        with pytest.raises(waypost.LeaseLost):
+            a.replace(lease_a, key, b"from a again")
+        with pytest.raises(waypost.AlreadyRegistered):
+            a.grant_lease(10.0, preferred_id=lease_a.id)  # B holds the id now
+        a.revoke_lease(lease_a.id)  # A closing: B's lease and key stay
+        assert b.list(f"v1/instances/{ns}/") == [(key, b"from b")]
+        b.keep_alive(lease_b)
+        b.delete(lease_b, key)
+        assert b.list(f"v1/instances/{ns}/") == []
+        b.delete(lease_b, key)  # a missing key is not an error
     finally:
         a.close()
         b.close()
@@ -527,6 +569,46 @@ def test_paused_server_interrupts_a_watch_in_bounded_time_then_it_recovers(
         assert events.wait_for(Resynced, 5).reason.startswith("reconnected")
         reg = writer.namespace(ns).component("c").endpoint("after").register(_tcp(1))
         wait_until(lambda: watch.instances == [reg.instance], 2, what="changes after the outage")
+
+
+def test_an_error_reply_interrupts_a_watch_which_then_recovers(
+        redis_factory: Callable[..., servers.RedisServer], runtimes: Callable[..., waypost.Runtime], ns: str) -> None:
+    """An error reply that is not a lost connection (OOM at maxmemory) is an outage, not the end of the watch.
+
+    The server is put over ``maxmemory`` with ``noeviction`` (by the test: the
+    backend never needs CONFIG) and its epoch key removed, as a flush or a
+    restart would, so the watch's next poll must write (store a new epoch) and
+    gets ``OOM command not allowed`` back. The watch reports ``Interrupted``,
+    keeps retrying, and resyncs once memory is available again.
+    """
+    srv = redis_factory()
+    raw = _raw(srv)
+    writer = runtimes(srv.url, ttl=10)
+    observer = runtimes(srv.url, ttl=10)
+    before = writer.namespace(ns).component("c").endpoint("before").register(_tcp(1))
+    try:
+        with observer.watch(Query.namespace(ns)) as watch:
+            events = _Events(watch)
+            assert watch.instances == [before.instance]
+            raw.config_set("maxmemory-policy", "noeviction")
+            raw.config_set("maxmemory", 1)
+            try:
+                raw.delete("waypost:epoch")  # deletes are allowed at maxmemory; storing a new epoch is not
+                interrupted = events.wait_for(Interrupted, 3.0)
+                assert "maxmemory" in interrupted.reason
+                with pytest.raises(redis.exceptions.OutOfMemoryError):
+                    raw.set("waypost:probe", "x")  # still out of memory: the watch had to keep retrying
+                assert watch.instances == [before.instance]
+            finally:
+                raw.config_set("maxmemory", 0)
+            resynced = events.wait_for(Resynced, 5.0)
+            assert "replaced" in resynced.reason  # the epoch changed while it was out
+            assert watch.instances == [before.instance]
+            after = writer.namespace(ns).component("c").endpoint("after").register(_tcp(2))
+            wait_until(lambda: watch.instances == sorted([before.instance, after.instance]), 2.0,
+                       what="changes after the outage")
+    finally:
+        raw.close()
 
 
 def test_missing_redis_py_names_the_extra() -> None:

@@ -7,12 +7,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import consul
 import pytest
 
 import servers
 from waypost.contrib.conformance import BackendConformance, Harness
-
-consul = pytest.importorskip("consul")
 
 TTL = 1.0
 # Consul expires a session 2 x TTL after its last renewal: ttl + ttl, plus a little for the Raft apply.
@@ -69,7 +68,6 @@ def acl_consul() -> Iterator[servers.ConsulServer]:
 
 @pytest.fixture(scope="module")
 def tls_consul(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[servers.ConsulServer, servers.TLSFiles]]:
-    pytest.importorskip("trustme")
     tls = servers.make_tls(Path(tmp_path_factory.mktemp("consul-tls")))
     with servers.ConsulServer(tls=tls, client_cert_auth=True, session_ttl_min="1s") as server:
         yield server, tls

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import servers
 from waypost.contrib.conformance import BackendConformance, Harness
-
-servers = pytest.importorskip("servers")
 
 # The narrowest ACL the backend documents: its commands only, keys under its prefix, no channels.
 ACL_COMMANDS = (
@@ -45,7 +44,6 @@ def acl_redis() -> Iterator[servers.RedisServer]:
 
 @pytest.fixture(scope="module")
 def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[servers.RedisServer, servers.TLSFiles]]:
-    pytest.importorskip("trustme")
     tls = servers.make_tls(Path(tmp_path_factory.mktemp("redis-tls")))
     with servers.RedisServer(tls=tls, client_cert_auth=True) as server:
         yield server, tls

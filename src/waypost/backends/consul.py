@@ -50,8 +50,11 @@ Mapping onto Consul
     one key read. Keep-alive renews the session (``404`` means it is gone:
     ``LeaseLost``). Registration is one transaction: ``check-not-exists`` on
     the key plus ``lock`` with the session (the key is deleted with the
-    session); re-registration is a ``lock`` by the same session; unregister
-    deletes the key. ``list`` is one recursive KV read. Revoking destroys the
+    session; a create retried after a lost reply that finds the key held by
+    its own session with the same value succeeds); re-registration is a
+    ``lock`` by the same session; unregister is a ``check-session`` plus
+    ``delete`` transaction, so it only deletes a key this lease's session
+    still holds. ``list`` is one recursive KV read. Revoking destroys the
     session, which deletes its keys in the same Raft entry.
 
 Crash detection bound
@@ -86,7 +89,10 @@ ACL policy
     ``key_prefix "<root>v1/instances/"`` and ``key_prefix "<root>waypost/leases/"``.
 
 Caveats
-    py-consul (``pip install 'waypost[consul]'``) carries the HTTP: its
+    py-consul ≥ 1.8 (``pip install 'waypost[consul]'``) carries the HTTP.
+    1.8 added ``connections_timeout``, which bounds every call and adds a
+    blocking query's ``wait`` (and its jitter) to the read timeout; older
+    releases have no timeout at all and refuse the argument. Its
     high-level helpers refuse TTLs below 10 s and hide the structured
     transaction errors, so the backend calls its HTTP client directly and
     interprets the replies itself. Sessions are tied to the agent's node: point
@@ -706,10 +712,26 @@ class ConsulBackend(Backend):
     def create(self, lease: Lease, key: str, value: bytes) -> None:
         self._check()
         full = self.settings.root + key
-        errors, index = self._txn([_kv_op("check-not-exists", full),
-                                   _kv_op("lock", full, value, self._session_of(lease))], f"registering {key}")
+        session = self._session_of(lease)
+        errors, index = self._txn([_kv_op("check-not-exists", full), _kv_op("lock", full, value, session)],
+                                  f"registering {key}")
+        if any("exists" in error for error in errors):
+            # The same create retried after a lost reply finds its own write: not a conflict.
+            mine = self._entry_if_held(key, session)
+            if mine is not None and mine[1] == value:
+                errors, index = [], mine[0]
         self._raise_txn(errors, lease, key)
         self._fence(key, index)
+
+    def _entry_if_held(self, key: str, session: str) -> tuple[int, bytes] | None:
+        """``(ModifyIndex, value)`` of ``key`` if ``session`` holds it, else ``None``."""
+        reply = self._agent.call("GET", self._kv_path(key), f"reading {key}", expect=(200, 404))
+        entries = reply.json() if reply.status == 200 else None
+        entry = entries[0] if entries else None
+        if entry is None or entry.get("Session") != session:
+            return None
+        raw = entry.get("Value")
+        return int(entry.get("ModifyIndex", 0)), base64.b64decode(raw) if raw else b""
 
     def replace(self, lease: Lease, key: str, value: bytes) -> None:
         self._check()
@@ -730,8 +752,22 @@ class ConsulBackend(Backend):
 
     def delete(self, lease: Lease, key: str) -> None:
         self._check()
-        self._agent.call("DELETE", self._kv_path(key), f"unregistering {key}")
-        self._fence(key, None)
+        with self._lock:
+            session = self._sessions.get(lease.id)
+        if session is None:
+            return  # no session of ours: Consul deleted whatever it held (Behavior=delete)
+        # Only while our session holds it: a key of the same name may belong to a newer lease
+        # with the same instance id (ours was lost, another Runtime took the id over).
+        full = self.settings.root + key
+        errors, _ = self._txn([_kv_op("check-session", full, session=session), _kv_op("delete", full)],
+                              f"unregistering {key}")
+        if not errors:
+            self._fence(key, None)
+            return
+        text = "; ".join(errors)
+        if "doesn't exist" not in text and "failed session check" not in text:
+            raise WaypostError(f"{self.describe()} refused to delete {key}: {text}")
+        # Missing, or held by another session: not ours, nothing to do.
 
     def _fence(self, key: str, index: int | None) -> None:
         """Return once this backend's watches on ``key`` delivered our write (put at ``index``, or delete).

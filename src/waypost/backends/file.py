@@ -32,8 +32,12 @@ Layout (design §3)
 Liveness
     By modification time. Each Runtime's keepalive thread touches its lease
     file and every instance file it owns every ttl/3; if one of them vanished
-    (reaped or revoked by someone else) the Runtime is told its lease was lost
-    and re-registers everything under the same id. Any process deletes files
+    (reaped or revoked by someone else) or is now another Runtime's file of the
+    same name, the Runtime is told its lease was lost and re-registers
+    everything under the same id. A Runtime only touches or deletes the very
+    files it wrote (it keeps each one open and compares device and inode), so
+    a file of the same name written after its own was reaped (another Runtime
+    granted the same instance id) is left alone. Any process deletes files
     whose mtime is more than ``stale_after`` seconds old when it sees them: on
     every ``list``, every watch scan and every keepalive. A crashed
     (SIGKILLed) process therefore disappears within ttl + ``poll_interval``
@@ -90,6 +94,8 @@ Cost
     ``list`` is one directory listing plus one read per matching file;
     ``register`` writes one small file and hard-links it (well under a
     millisecond on a local disk); a keepalive touches one file per endpoint.
+    Each Runtime holds one open file descriptor per registered endpoint, plus
+    one for its lease file.
 
 Limits
     POSIX only. One host, or a shared filesystem with coherent mtimes and
@@ -250,6 +256,41 @@ def _touch(path: Path) -> bool:
     return True
 
 
+def _is_file(path: Path, fd: int | None) -> bool:
+    """Is ``path`` (still) the file open as ``fd``?
+
+    We keep each file we wrote open, so its inode cannot be freed and reused by a
+    file of the same name written after ours was deleted.
+    """
+    if fd is None:
+        return False
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise _unavailable("examine", path, exc) from exc
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _touch_if(path: Path, fd: int | None) -> bool:
+    """Touch ``path`` if it is still the file open as ``fd`` (the one we wrote); ``False`` if not."""
+    return _is_file(path, fd) and _touch(path)
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 # In-process fan-out ----------------------------------------------------------------
 
 class _Shared:
@@ -286,6 +327,11 @@ class _Known:
 
 
 _Entry = tuple[str, Path, os.stat_result]  # key, path, stat
+# A file this backend wrote: its path and a descriptor we keep open on it. The open file tells
+# it apart from a file of the same name written later by another Runtime (ours was reaped or
+# revoked, and the same instance id was granted again elsewhere): that one is never touched or
+# deleted as ours.
+_Mine = tuple[Path, int]
 _Entries = list[_Entry]  # `list` is shadowed inside FileBackend by its method
 
 
@@ -319,7 +365,8 @@ class FileBackend(Backend):
         self._poll_interval = poll_interval
         self._ttl = 10.0
         self._shared = _shared_for(self.bucket)
-        self._owned: dict[int, dict[str, Path]] = {}  # lease id -> key -> path; guarded by _shared.lock
+        self._owned: dict[int, dict[str, _Mine]] = {}  # lease id -> key -> file; guarded by _shared.lock
+        self._markers: dict[int, int] = {}  # lease id -> open fd of the lease file we wrote; same lock
         self._warned: set[str] = set()
         self._watches: set[_FileWatch] = set()
         self._closed = False
@@ -388,29 +435,39 @@ class FileBackend(Backend):
         """Create (or, for our own lost lease, refresh) the lease file of ``lease_id``."""
         marker = self._marker(lease_id)
         with self._shared.lock:
-            if lease_id in self._owned:
-                # Our own lease, lost and re-granted: its lease file may still be there.
-                claimed = _touch(marker) or self._create_marker(marker)
-            elif check_files and self._fresh_files_of(lease_id):
-                claimed = False
-            else:
-                claimed = self._create_marker(marker) or (self._reap(marker, None) and self._create_marker(marker))
-            if claimed:
-                self._owned.setdefault(lease_id, {})
-            return claimed
+            old = self._markers.get(lease_id)
+            if lease_id in self._owned and _touch_if(marker, old):
+                return True  # our own lease, lost and re-granted: its lease file is still ours
+            if check_files and self._fresh_files_of(lease_id, self._owned.get(lease_id, {})):
+                return False
+            fd = self._create_marker(marker)
+            if fd is None and self._reap(marker, None):
+                fd = self._create_marker(marker)
+            if fd is None:
+                return False
+            _close(old)
+            self._markers[lease_id] = fd
+            self._owned.setdefault(lease_id, {})
+            return True
 
-    def _create_marker(self, marker: Path) -> bool:
-        """Create a lease file exclusively; ``False`` if it exists."""
+    def _create_marker(self, marker: Path) -> int | None:
+        """Create a lease file exclusively; its open descriptor, or ``None`` if it exists."""
         fd = _open_exclusive(marker, "create lease file")
         if fd is None:
-            return False
-        with os.fdopen(fd, "wb") as file:
-            file.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
-        return True
+            return None
+        try:
+            _write_all(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+        except OSError as exc:
+            _close(fd)
+            _unlink(marker)
+            raise _unavailable("write", marker, exc) from exc
+        return fd
 
-    def _fresh_files_of(self, lease_id: int) -> bool:
+    def _fresh_files_of(self, lease_id: int, mine: Mapping[str, _Mine]) -> bool:
+        """Are there live instance files of ``lease_id`` that this backend did not write?"""
         suffix = f"/{lease_id:x}"
-        return any(key.endswith(suffix) for key, _, _ in self._scan(""))
+        return any(key.endswith(suffix) and not (key in mine and _is_file(path, mine[key][1]))
+                   for key, path, _ in self._scan(""))
 
     def keep_alive(self, lease: Lease) -> None:
         self._check()
@@ -418,29 +475,44 @@ class FileBackend(Backend):
             owned = self._owned.get(lease.id)
             if owned is None:
                 raise LeaseLost(f"file:// lease {lease.id:x} was revoked")
-            missing = [path for path in (self._marker(lease.id), *owned.values()) if not _touch(path)]
+            files = ((self._marker(lease.id), self._markers.get(lease.id)), *owned.values())
+            missing = [path for path, fd in files if not _touch_if(path, fd)]
         if missing:
-            raise LeaseLost(f"{missing[0]} was removed: it went stale and was reaped, "
-                            "or another process revoked the lease")
+            raise LeaseLost(f"{missing[0]} was removed or replaced: it went stale and was reaped, "
+                            "or another process revoked the lease (and may hold its id now)")
         self._reap_everything()
 
     def revoke_lease(self, lease_id: int) -> None:
         self._check()
         suffix = f"/{lease_id:x}"
+        marker = self._marker(lease_id)
         with self._shared.lock:
-            doomed = {key: path for key, path, _ in self._scan("") if key.endswith(suffix)}
-            doomed.update(self._owned.pop(lease_id, {}))
-            for key, path in sorted(doomed.items()):
-                if _unlink(path):
-                    self._shared.publish("delete", key)
-            _unlink(self._marker(lease_id))
+            mine = self._owned.pop(lease_id, None)
+            marker_fd = self._markers.pop(lease_id, None)
+            try:
+                if mine is not None and not _is_file(marker, marker_fd):
+                    # We lost this lease and another Runtime may hold the id now: only our own files go.
+                    for key, (path, fd) in sorted(mine.items()):
+                        if _is_file(path, fd) and _unlink(path):
+                            self._shared.publish("delete", key)
+                    return
+                doomed = {key: path for key, path, _ in self._scan("") if key.endswith(suffix)}
+                doomed.update({key: path for key, (path, _) in (mine or {}).items()})
+                for key, path in sorted(doomed.items()):
+                    if _unlink(path):
+                        self._shared.publish("delete", key)
+                _unlink(marker)
+            finally:
+                _close(marker_fd)
+                for _, fd in (mine or {}).values():
+                    _close(fd)
 
-    def _require_lease(self, lease: Lease) -> dict[str, Path]:
+    def _require_lease(self, lease: Lease) -> dict[str, _Mine]:
         owned = self._owned.get(lease.id)
         if owned is None:
             raise LeaseLost(f"file:// lease {lease.id:x} was revoked")
-        if not self._marker(lease.id).exists():
-            raise LeaseLost(f"file:// lease {lease.id:x} is gone: {self._marker(lease.id)} was removed")
+        if not _is_file(self._marker(lease.id), self._markers.get(lease.id)):
+            raise LeaseLost(f"file:// lease {lease.id:x} is gone: {self._marker(lease.id)} was removed or replaced")
         return owned
 
     # writing ----------------------------------------------------------------------------
@@ -449,12 +521,16 @@ class FileBackend(Backend):
         path = self._path(key)
         with self._shared.lock:
             owned = self._require_lease(lease)
-            tmp = self._write_tmp(value)
+            tmp, fd = self._write_tmp(value)
             try:
                 self._link(tmp, path, key)
+            except BaseException:
+                _close(fd)
+                raise
             finally:
                 _unlink(tmp)
-            owned[key] = path
+            _close(owned.get(key, (path, None))[1])
+            owned[key] = (path, fd)
             self._shared.publish("put", key, value)
 
     def _link(self, tmp: Path, path: Path, key: str) -> None:
@@ -474,34 +550,43 @@ class FileBackend(Backend):
         path = self._path(key)
         with self._shared.lock:
             owned = self._require_lease(lease)
-            tmp = self._write_tmp(value)
+            tmp, fd = self._write_tmp(value)
             try:
                 os.replace(tmp, path)
             except OSError as exc:
+                _close(fd)
                 _unlink(tmp)
                 raise _unavailable("publish", path, exc) from exc
-            owned[key] = path
+            _close(owned.get(key, (path, None))[1])
+            owned[key] = (path, fd)
             self._shared.publish("put", key, value)
 
-    def _write_tmp(self, value: bytes) -> Path:
+    def _write_tmp(self, value: bytes) -> tuple[Path, int]:
+        """Write ``value`` to a new ``.tmp_`` file; return it and a descriptor kept open on it."""
         tmp = self.bucket / f"{TMP_PREFIX}{secrets.token_hex(8)}"
         fd = _open_exclusive(tmp, "write")
         if fd is None:  # 64 random bits collided: a name in use is not ours to touch
             return self._write_tmp(value)
         try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(value)
+            _write_all(fd, value)
         except OSError as exc:
+            _close(fd)
             _unlink(tmp)
             raise _unavailable("write", tmp, exc) from exc
-        return tmp
+        return tmp, fd
 
     def delete(self, lease: Lease, key: str) -> None:
         self._check()
         path = self._path(key)
         with self._shared.lock:
-            removed = _unlink(path)  # first: if it fails, the key stays ours to retry
-            self._owned.get(lease.id, {}).pop(key, None)
+            owned = self._owned.get(lease.id, {})
+            mine = owned.get(key)
+            # Only the file this lease wrote: after our lease was lost, a file of the same name may
+            # belong to another Runtime that was granted the same instance id.
+            removed = mine is not None and _is_file(path, mine[1]) and _unlink(path)
+            owned.pop(key, None)  # after the unlink: if that failed, the key stays ours to retry
+            if mine is not None:
+                _close(mine[1])
             if removed:
                 self._shared.publish("delete", key)
 
@@ -653,6 +738,14 @@ class FileBackend(Backend):
         self._closed = True
         for watch in list(self._watches):
             watch.close()
+        with self._shared.lock:  # only the descriptors that tell our files apart go
+            for owned in self._owned.values():
+                for _, fd in owned.values():
+                    _close(fd)
+            for fd in self._markers.values():
+                _close(fd)
+            self._owned.clear()
+            self._markers.clear()
 
 
 def _pick_watcher(choice: str) -> bool:

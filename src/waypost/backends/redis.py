@@ -31,6 +31,11 @@ Data layout (``P`` = ``prefix``; every key and value is the design's §3 wire fo
     ``P+"owners"``     hash: instance key → lease id.
     ``P+"leases"``     sorted set: lease id (decimal) → deadline in ms of the
                        *server's* clock (``TIME``), so client clocks never matter.
+    ``P+"grants"``     hash: lease id → random token of the grant that holds it.
+                       A Runtime whose lease was lost while another one was
+                       granted the same id holds a stale token: its keepalive
+                       gets ``LeaseLost`` and its writes, deletes and revoke
+                       leave the other Runtime's lease and keys alone.
     ``P+"lease:"+ID``  set: the instance keys lease ``ID`` owns.
     ``P+"log"``        stream: the change log, one entry per put or delete
                        (fields ``s`` sequence number, ``e`` epoch, ``o`` put|del,
@@ -66,7 +71,9 @@ Watch
     in the log. A changed epoch, a trimmed log or a gap in the sequence numbers
     makes the watch re-list and emit the minimal diff plus ``Resynced``. When
     Redis cannot be reached the watch reports ``Interrupted`` within
-    ``timeout`` + 0.5 s and retries with backoff (up to 2 s). Once back, it
+    ``timeout`` + 0.5 s and retries with backoff (up to 2 s); an error reply
+    (``OOM`` at ``maxmemory``, an ACL denial, a script error) is treated the
+    same way, so a watch only ends when it is closed. Once back, it
     replays every change it missed from the log (or re-lists if the log no
     longer has them), then re-lists once to end the outage with a
     ``Resynced`` notice (an empty diff when the log covered it). Pub/sub is
@@ -158,6 +165,7 @@ local OWNERS = P .. 'owners'  -- hash: instance key -> lease id
 local LOG = P .. 'log'        -- stream: the change log
 local SEQ = P .. 'seq'        -- counter: sequence number of the last change
 local EPOCH = P .. 'epoch'    -- string: this incarnation of the data
+local GRANTS = P .. 'grants'  -- hash: lease id -> token of the grant holding it
 
 local function lease_keys(lease) return P .. 'lease:' .. lease end
 
@@ -205,6 +213,7 @@ local function drop_lease(lease)
   end
   redis.call('DEL', lease_keys(lease))
   redis.call('ZREM', LEASES, lease)
+  redis.call('HDEL', GRANTS, lease)
 end
 
 -- Drop expired leases with their instances: a bounded batch per call keeps every
@@ -225,6 +234,12 @@ local function live(lease, now)
   return false
 end
 
+-- Is the lease (still) held by the caller's grant? An id can be granted again after it was
+-- lost; only the token tells the two holders apart.
+local function mine(lease, token)
+  return redis.call('HGET', GRANTS, lease) == token
+end
+
 -- Keys and values under a key prefix, in order: one ZRANGEBYLEX, then HMGET in
 -- chunks (Lua's unpack has a stack limit).
 local function items(prefix)
@@ -238,31 +253,32 @@ local function items(prefix)
 end
 """
 
-# ARGV[4] lease id, ARGV[5] ttl in ms -> 1 granted, 0 held by a live lease
+# ARGV[4] lease id, ARGV[5] ttl in ms, ARGV[6] grant token -> 1 granted, 0 held by a live lease
 _GRANT = r"""
 local now = now_ms()
 reap(now)
 if live(ARGV[4], now) then return 0 end
 redis.call('ZADD', LEASES, now + tonumber(ARGV[5]), ARGV[4])
+redis.call('HSET', GRANTS, ARGV[4], ARGV[6])
 epoch()
 return 1
 """
 
-# ARGV[4] lease id, ARGV[5] ttl in ms -> 1 refreshed, 0 lost
+# ARGV[4] lease id, ARGV[5] ttl in ms, ARGV[6] grant token -> 1 refreshed, 0 lost
 _KEEPALIVE = r"""
 local now = now_ms()
 reap(now)
-if not live(ARGV[4], now) then return 0 end
+if not live(ARGV[4], now) or not mine(ARGV[4], ARGV[6]) then return 0 end
 redis.call('ZADD', LEASES, 'XX', now + tonumber(ARGV[5]), ARGV[4])
 return 1
 """
 
-# ARGV[4] lease id, ARGV[5] key, ARGV[6] value -> 'ok' | 'lost' | 'exists'
+# ARGV[4] lease id, ARGV[5] key, ARGV[6] value, ARGV[7] grant token -> 'ok' | 'lost' | 'exists'
 _CREATE = r"""
 local now = now_ms()
 reap(now)
 local lease, key, value = ARGV[4], ARGV[5], ARGV[6]
-if not live(lease, now) then return 'lost' end
+if not live(lease, now) or not mine(lease, ARGV[7]) then return 'lost' end
 local owner = redis.call('HGET', OWNERS, key)
 if owner and live(owner, now) then
   -- The same create retried after a lost reply changed nothing: not a conflict.
@@ -273,12 +289,12 @@ put(lease, key, value)
 return 'ok'
 """
 
-# ARGV[4] lease id, ARGV[5] key, ARGV[6] value -> 'ok' | 'lost' | 'exists'
+# ARGV[4] lease id, ARGV[5] key, ARGV[6] value, ARGV[7] grant token -> 'ok' | 'lost' | 'exists'
 _REPLACE = r"""
 local now = now_ms()
 reap(now)
 local lease, key, value = ARGV[4], ARGV[5], ARGV[6]
-if not live(lease, now) then return 'lost' end
+if not live(lease, now) or not mine(lease, ARGV[7]) then return 'lost' end
 local owner = redis.call('HGET', OWNERS, key)
 if owner and owner ~= lease and live(owner, now) then return 'exists' end
 if owner == lease and redis.call('HGET', VALUES, key) == value then return 'ok' end
@@ -286,19 +302,20 @@ put(lease, key, value)
 return 'ok'
 """
 
-# ARGV[4] lease id, ARGV[5] key -> 'ok' (a key the lease does not own is left alone)
+# ARGV[4] lease id, ARGV[5] key, ARGV[6] grant token -> 'ok'
+# (a key the grant does not own is left alone: another lease's, or a later grant's of the same id)
 _DELETE = r"""
 local lease, key = ARGV[4], ARGV[5]
-if redis.call('HGET', OWNERS, key) == lease then
+if redis.call('HGET', OWNERS, key) == lease and mine(lease, ARGV[6]) then
   remove(key)
   redis.call('SREM', lease_keys(lease), key)
 end
 return 'ok'
 """
 
-# ARGV[4] lease id -> 'ok'
+# ARGV[4] lease id, ARGV[5] grant token ('' for another Runtime's lease: revoke it whoever holds it) -> 'ok'
 _REVOKE = r"""
-drop_lease(ARGV[4])
+if ARGV[5] == '' or mine(ARGV[4], ARGV[5]) then drop_lease(ARGV[4]) end
 return 'ok'
 """
 
@@ -409,6 +426,7 @@ class RedisBackend(Backend):
         self._closed = False
         self._watches: set[_RedisWatch] = set()
         self._lock = threading.Lock()
+        self._grants: dict[int, str] = {}  # our leases: id -> token of our grant (guarded by _lock)
         self._client = self.new_client(single_connection=False)
         self._scripts = {name: self._client.register_script(_PRELUDE + body) for name, body in (
             ("grant", _GRANT), ("keepalive", _KEEPALIVE), ("create", _CREATE), ("replace", _REPLACE),
@@ -464,27 +482,40 @@ class RedisBackend(Backend):
         self._ttl = ttl
         for _ in range(16):
             lease_id = preferred_id or random_instance_id()
-            if self.run("grant", str(lease_id), _ms(ttl)):
+            token = secrets.token_hex(8)
+            if self.run("grant", str(lease_id), _ms(ttl), token):
+                with self._lock:
+                    self._grants[lease_id] = token
                 return Lease(lease_id, ttl)
             if preferred_id is not None:
                 raise AlreadyRegistered(f"instance id {lease_id:x} is held by a live Runtime")
         raise WaypostError("could not find a free random lease id in 16 tries")  # pragma: no cover
 
+    def _grant_of(self, lease_id: int) -> str:
+        """The token of our grant of ``lease_id`` (``''`` if it is not ours: matches no grant)."""
+        with self._lock:
+            return self._grants.get(lease_id, "")
+
     def keep_alive(self, lease: Lease) -> None:
-        if not self.run("keepalive", str(lease.id), _ms(lease.ttl)):
-            raise LeaseLost(f"redis lease {lease.id:x} has expired or was revoked")
+        if not self.run("keepalive", str(lease.id), _ms(lease.ttl), self._grant_of(lease.id)):
+            raise LeaseLost(f"redis lease {lease.id:x} has expired, was revoked, or its id was granted again")
 
     def revoke_lease(self, lease_id: int) -> None:
-        self.run("revoke", str(lease_id))
+        with self._lock:
+            token = self._grants.get(lease_id, "")
+        self.run("revoke", str(lease_id), token)
+        with self._lock:
+            if self._grants.get(lease_id) == token:
+                del self._grants[lease_id]
 
     def create(self, lease: Lease, key: str, value: bytes) -> None:
-        self._check_write(self.run("create", str(lease.id), key, value), lease, key)
+        self._check_write(self.run("create", str(lease.id), key, value, self._grant_of(lease.id)), lease, key)
 
     def replace(self, lease: Lease, key: str, value: bytes) -> None:
-        self._check_write(self.run("replace", str(lease.id), key, value), lease, key)
+        self._check_write(self.run("replace", str(lease.id), key, value, self._grant_of(lease.id)), lease, key)
 
     def delete(self, lease: Lease, key: str) -> None:
-        self.run("delete", str(lease.id), key)
+        self.run("delete", str(lease.id), key, self._grant_of(lease.id))
 
     def list(self, prefix: str) -> list[tuple[str, bytes]]:
         keys, values = self.run("list", prefix)
@@ -622,7 +653,12 @@ class _RedisWatch:
                     failures = 0
                 except _Resync as reason:
                     resync = str(reason)
-                except (BackendUnavailable, AuthenticationError) as exc:
+                except Closed:
+                    raise  # the backend is closed: nothing to retry (ends below, quietly if closing)
+                except WaypostError as exc:
+                    # Any failed call is an outage, not the end of the watch: unreachable, denied,
+                    # or an error reply (OOM at maxmemory, a script error). Report it, back off,
+                    # and catch up (or re-list) when calls succeed again.
                     failures += 1
                     outage = str(exc)
                     self._deliver(self._sink.interrupted, outage)
