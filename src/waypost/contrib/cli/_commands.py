@@ -168,13 +168,19 @@ def register(endpoint: str, transport_text: str, metadata: tuple[str, ...], devi
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per backend")
 def backends(as_json: bool) -> None:
     """The installed backend plugins: scheme, distribution, capabilities and options."""
-    for entry in installed_backends():
+    entries = installed_backends()
+    for entry in entries:
         info = describe_backend(entry.scheme)
         if as_json:
             click.echo(_format.json_line({"scheme": entry.scheme, "module": entry.value,
                                           "distribution": entry.distribution, "version": entry.version, **info}))
             continue
-        click.echo(f"{entry.scheme}://  {entry.distribution} {entry.version}  ({entry.value})")
+        # One block per plugin module: TLS twins (etcds://, rediss://…) share their plain twin's.
+        twins = [e.scheme for e in entries if (e.value, e.distribution) == (entry.value, entry.distribution)]
+        if twins[0] != entry.scheme:
+            continue
+        schemes = ", ".join(f"{scheme}://" for scheme in twins)
+        click.echo(f"{schemes}  {entry.distribution} {entry.version}  ({entry.value})")
         if "error" in info:
             click.echo(f"  cannot load: {info['error']}")
             continue
