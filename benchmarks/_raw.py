@@ -9,6 +9,7 @@ client would have to do to get usable instances), but does not validate or sort.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -382,12 +383,115 @@ class RawRedis(RawStore):
         self.client.close()
 
 
+# ---------------------------------------------------------------------------
+# consul: py-consul, keys locked by a session (Behavior=delete), create-only
+# through the backend's transaction shape, list = one recursive GET
+# ---------------------------------------------------------------------------
+
+class RawConsul(RawStore):
+    """The backend's Consul layout with py-consul called directly.
+
+    * lease  = a session (``Behavior=delete``, ``TTL``, ``LockDelay=0``), created
+      through py-consul's HTTP client (its ``session.create`` helper refuses
+      TTLs below 10 s);
+    * create = ``PUT /v1/txn`` [``check-not-exists`` key, ``lock`` key+value with
+      the session] (py-consul ``txn.put``): the backend's exact shape. A single
+      ``kv.put(cas=0, acquire=session)`` is *not* equivalent: Consul's KV
+      endpoint lets ``acquire`` override ``cas``, so it would not be create-only;
+    * delete = ``kv.delete(key)``; list = ``kv.get(prefix, recurse=True)`` (py-consul
+      base64-decodes the values) + ``json.loads``; keepalive = ``session.renew``;
+    * watch  = blocking queries (``index``, ``wait``) diffed on ``ModifyIndex``.
+    """
+
+    name = "consul"
+
+    def __init__(self, url: str, **_: Any) -> None:
+        import consul
+
+        host, port = url.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0].rsplit(":", 1)
+        self._consul = consul
+        self.host, self.port = host, int(port)
+        self.client = consul.Consul(host=host, port=int(port), connections_timeout=10)
+
+    def grant(self, ttl: float) -> Any:
+        from consul.callback import CB
+
+        instance_id = int.from_bytes(os.urandom(8), "big") | 1  # an instance id for the keys, like the backend's
+        body = json.dumps({"Name": f"raw/{instance_id:x}", "Behavior": "delete", "TTL": f"{max(1, round(ttl))}s",
+                           "LockDelay": "0s"})
+        lease = _Lease(instance_id)
+        lease.session = self.client.http.put(CB.json(), "/v1/session/create", data=body)["ID"]
+        return lease
+
+    def keepalive(self, lease: Any) -> None:
+        self.client.session.renew(lease.session)
+
+    def revoke(self, lease: Any) -> None:
+        self.client.session.destroy(lease.session)
+
+    def create(self, lease: Any, key: str, value: bytes) -> None:
+        lock: dict[str, Any] = {"Verb": "lock", "Key": key, "Value": base64.b64encode(value).decode("ascii")}
+        if lease is not None:
+            lock["Session"] = lease.session
+        else:
+            lock["Verb"] = "set"
+        try:
+            self.client.txn.put([{"KV": {"Verb": "check-not-exists", "Key": key}}, {"KV": lock}])
+        except self._consul.ConsulException as exc:  # HTTP 409: the check failed
+            raise KeyError(key) from exc
+
+    def delete(self, key: str) -> None:
+        self.client.kv.delete(key)
+
+    def list(self, prefix: str) -> list[tuple[str, Any]]:
+        _index, items = self.client.kv.get(prefix, recurse=True)
+        return [(item["Key"], json.loads(item["Value"])) for item in items or ()]
+
+    def watch(self, prefix: str, on_event: OnEvent) -> Callable[[], None]:
+        """A blocking query loop on its own client (connection); diffs states on ``ModifyIndex``."""
+        client = self._consul.Consul(host=self.host, port=self.port, connections_timeout=10)
+        index, items = client.kv.get(prefix, recurse=True)
+        known = {item["Key"]: item["ModifyIndex"] for item in items or ()}
+        stop = threading.Event()
+
+        def run() -> None:
+            nonlocal index, known
+            while not stop.is_set():
+                try:
+                    index, items = client.kv.get(prefix, recurse=True, index=max(int(index or 1), 1), wait="1s")
+                except Exception:  # a benchmark baseline: keep trying
+                    time.sleep(0.05)
+                    continue
+                now = {item["Key"]: item["ModifyIndex"] for item in items or ()}
+                for key in sorted(now, key=now.__getitem__):
+                    if known.get(key) != now[key]:
+                        on_event("put", key)
+                for key in known.keys() - now.keys():
+                    on_event("delete", key)
+                known = now
+
+        thread = threading.Thread(target=run, name="raw-consul-watch", daemon=True)
+        thread.start()
+
+        def stopper() -> None:
+            stop.set()
+            thread.join(5)
+
+        return stopper
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.http.session.close()
+
+
 class _Lease:
     def __init__(self, lease_id: int) -> None:
         self.id = lease_id
+        self.session = ""  # Consul: the session that stands for the lease
 
 
-RAW_STORES: dict[str, type[RawStore]] = {"memory": RawMemory, "file": RawFile, "etcd": RawEtcd, "redis": RawRedis}
+RAW_STORES: dict[str, type[RawStore]] = {"memory": RawMemory, "file": RawFile, "etcd": RawEtcd, "redis": RawRedis,
+                                          "consul": RawConsul}
 
 
 def keepalive_thread(store: RawStore, lease: Any, period: float) -> Callable[[], None]:

@@ -9,6 +9,8 @@ raw, member id for tooz; MONOTONIC = ``time.monotonic()`` when the event was
 received, the same clock as the parent's on Linux).
 ``hold`` registers NAME with a ttl, prints ``HELD``, and waits on stdin until
 killed (SIGKILL = a crash: no unregister, no revoke).
+``serve`` (tooz only) is a tooz member driven by JSON lines on stdin
+(``_tooz.RemoteToozMember``: tooz 8.1 on Consul runs in its own virtualenv).
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def hold(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["watch", "hold"])
+    parser.add_argument("role", choices=["watch", "hold", "serve"])
     parser.add_argument("--impl", choices=["waypost", "raw", "tooz"], required=True)
     parser.add_argument("--backend", required=True)
     parser.add_argument("--url", required=True)
@@ -110,7 +112,13 @@ def main() -> None:
     parser.add_argument("--component", required=True)
     parser.add_argument("--name", default="held")
     parser.add_argument("--ttl", type=float, default=2.0)
+    parser.add_argument("--no-heart", action="store_true")
     args = parser.parse_args()
+    if args.role == "serve":
+        from _tooz import serve
+
+        serve(args.tooz_url, args.name, args.ttl, not args.no_heart)
+        return
     (watch if args.role == "watch" else hold)(args)
 
 

@@ -4,8 +4,9 @@ Run through ``benchmarks/run.py`` (which also writes the report), or directly::
 
     python -m pytest benchmarks --benchmark-json=out.json [--quick] [--bench-backends=memory,etcd]
 
-Servers are the tests' own (``tests/servers.py``): real etcd and Redis on free
-127.0.0.1 ports in temp dirs, started once per session.
+Servers are the tests' own (``tests/servers.py``): real etcd, Redis and Consul
+(``session_ttl_min = "1s"``, Prometheus telemetry on) on free 127.0.0.1 ports in
+temp dirs, started once per session.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ if str(REPO / "tests") not in sys.path:
 
 import servers
 
-ALL_BACKENDS = ("memory", "file", "etcd", "redis")
-CROSS_PROCESS = {"file", "etcd", "redis"}
+ALL_BACKENDS = ("memory", "file", "etcd", "redis", "consul")
+TOOZ_CONSUL_ENV: dict[str, str] = {}  # versions of the separate tooz 8.1 environment, when used
+CROSS_PROCESS = {"file", "etcd", "redis", "consul"}
+# Consul: short session TTLs for ttl = 2 s, and cumulative HTTP request counters (keepalive cost).
+CONSUL_HCL = 'telemetry {\n  prometheus_retention_time = "24h"\n  disable_hostname = true\n}'
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -49,6 +53,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--metrics-json", default=None,
                     help="also write the harness's own measurements (and environment) to this JSON file")
     group.addoption("--no-tooz", action="store_true", default=False, help="skip the tooz comparison")
+    group.addoption("--tooz-consul-python", default=None,
+                    help="python of a virtualenv with tooz 8.1 + python-consul2 (tooz 9 has no Consul driver); "
+                         "run.py builds one")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -95,6 +102,7 @@ class Target:
     endpoint: str | None = None
     tooz_url: str | None = None
     tooz_skip: str | None = None
+    tooz_python: str | None = None  # tooz runs in another interpreter (Consul: tooz 8.1, _tooz.RemoteToozMember)
     _variants: dict[str, Target] = field(default_factory=dict, repr=False)
 
     @property
@@ -187,20 +195,52 @@ class Targets:
             server.start()
             target = Target(name, server.url, server=server, endpoint=server.endpoint)
             self._tooz(target, tooz_url(name, server.endpoint))
+        elif name == "consul":
+            try:
+                server = servers.ConsulServer(session_ttl_min="1s", extra_hcl=CONSUL_HCL)
+            except servers.ServerBinaryMissing as exc:
+                pytest.skip(str(exc))
+            self._cleanup.append(server.close)
+            server.start()
+            target = Target(name, server.url, server=server, endpoint=server.endpoint)
+            self._tooz(target, tooz_url(name, server.endpoint))
         else:  # pragma: no cover
             raise ValueError(name)
         _smoke(target)
         return target
 
     def _tooz(self, target: Target, url: str | None) -> None:
-        err = tooz_error(target.name)
         if self.config.getoption("--no-tooz"):
             target.tooz_skip = "--no-tooz"
-        elif err:
+            return
+        if target.name == "consul":
+            self._tooz_consul(target, url)
+            return
+        err = tooz_error(target.name)
+        if err:
             target.tooz_skip = f"tooz does not import here: {err}"
             METRICS.note(f"tooz not measured: {err}")
         else:
             target.tooz_url = url
+
+    def _tooz_consul(self, target: Target, url: str | None) -> None:
+        """tooz 9 has no Consul driver: tooz 8.1 + python-consul2 in another virtualenv, if there is one."""
+        python = self.config.getoption("--tooz-consul-python")
+        if not python:
+            target.tooz_skip = "no tooz 8.1 environment (--tooz-consul-python; run.py builds one)"
+            METRICS.note(f"consul: tooz not measured — {target.tooz_skip}")
+            return
+        check = subprocess.run([python, "-W", "ignore", "-c",
+                                "import tooz, tooz.drivers.consul, consul; from importlib import metadata; "
+                                "print(metadata.version('tooz'), metadata.version('python-consul2'))"],
+                               capture_output=True, text=True, timeout=60, check=False)
+        if check.returncode != 0:
+            target.tooz_skip = f"the tooz 8.1 environment does not work: {check.stderr.strip()[-300:]}"
+            METRICS.note(f"consul: tooz not measured — {target.tooz_skip}")
+            return
+        target.tooz_url, target.tooz_python = url, python
+        tooz_version, consul2_version = check.stdout.split()
+        TOOZ_CONSUL_ENV.update({"python": python, "tooz": tooz_version, "python-consul2": consul2_version})
 
     def close(self) -> None:
         for made in self._made.values():
@@ -257,6 +297,21 @@ def _server_version(binary: str, args: list[str], marker: str) -> str:
     return out.strip().splitlines()[0] if out.strip() else "unknown"
 
 
+def _code_state() -> str:
+    """The code measured: ``WAYPOST_BENCH_CODE`` if set (e.g. a ``git archive`` snapshot), else git's view."""
+    if os.environ.get("WAYPOST_BENCH_CODE"):
+        return os.environ["WAYPOST_BENCH_CODE"]
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=20, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"], capture_output=True,
+                               text=True, timeout=20, check=True).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    changed = sorted(line[3:] for line in dirty if line.strip())
+    return f"git {head}" + (f" + uncommitted changes in {', '.join(changed)}" if changed else " (clean src/)")
+
+
 def environment() -> dict[str, Any]:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
@@ -268,11 +323,14 @@ def environment() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "packages": {d: _version(d) for d in (
             "waypost", "pluggy", "etcd-sdk-python", "grpcio", "protobuf", "redis", "hiredis",
-            "watchfiles", "tooz", "etcd3gw", "pytest-benchmark")},
+            "watchfiles", "py-consul", "tooz", "etcd3gw", "pytest-benchmark")},
+        "code": _code_state(),
         "consul_backend": importlib.util.find_spec("waypost.backends.consul") is not None,
+        "tooz_consul": dict(TOOZ_CONSUL_ENV),
         "servers": {
             "etcd": _server_version("etcd", ["--version"], "etcd Version"),
             "redis": _server_version("redis-server", ["--version"], "Redis server"),
+            "consul": _server_version("consul", ["version"], "Consul v"),
         },
     }
 

@@ -2,6 +2,7 @@
 
     python benchmarks/profile_ops.py list --backend etcd --n 1000 [--repeat 50] [--html out.html]
     python benchmarks/profile_ops.py register --backend redis [--repeat 2000]
+    python benchmarks/profile_ops.py list --backend consul --n 1000 --compare
 
 Starts the server the same way the harness does (``tests/servers.py``),
 writes the same data, then runs the operation ``--repeat`` times under
@@ -43,8 +44,11 @@ def store(backend: str) -> Iterator[tuple[str, dict[str, Any]]]:
     else:
         import servers
 
-        cls = servers.EtcdServer if backend == "etcd" else servers.RedisServer
-        with cls() as server:
+        if backend == "consul":
+            server = servers.ConsulServer(session_ttl_min="1s")
+        else:
+            server = servers.EtcdServer() if backend == "etcd" else servers.RedisServer()
+        with server:
             yield server.url, {}
 
 

@@ -18,52 +18,100 @@ import sys
 from pathlib import Path
 from typing import Any
 
-BACKENDS = ("memory", "file", "etcd", "redis")
+BACKENDS = ("memory", "file", "etcd", "redis", "consul")
 IMPLS = ("waypost", "raw", "tooz")
 FLAG_RATIO = 1.2
 TOOZ_NOISE = 1.10  # "slower than tooz" is flagged beyond 10 %: crash detection etc. are ttl-bound and noisy
 
 
-# Causes found by profiling (benchmarks/profile_ops.py); kept here so every report carries them.
+# Causes found by profiling (benchmarks/profile_ops.py + timeit of the pieces, on the code named under
+# "Code measured"); kept here so every report carries them. Update them when the code or the figures move.
 EXPLANATIONS = (
-    "**list (all backends), the bulk of the gap to raw**: decoding, not the store. `Runtime.list_instances` → "
-    "`decode_items` → `decode_entry` → `Instance.from_json` → `Instance.from_dict` → `Instance.__init__`/"
-    "`__post_init__` re-validates every name with the regexes (`validate_namespace`, `validate_segment`), converts "
-    "enums through `Enum.__call__` (`_enum_or_none`), builds a `TransportType` and rebuilds the key to compare it "
-    "(`Instance.key`): about 70 % of a list of 1 000 on etcd/Redis, ~2x the `json.loads` a raw user pays. Then "
-    "`sorted()` uses `Instance.__lt__` (total_ordering), which formats `str()` of both sides on every comparison: "
-    "with random ids, 10 000 instances take ~40 ms to sort vs ~3.4 ms with `sorted(key=str)`. Not inherent: "
-    "memoize name validation, map enums with a dict, skip re-validation for store-decoded values, sort with a key.",
-    "**list on file**: additionally `FileBackend._examine` builds a `pathlib.Path` per directory entry and "
-    "`decode_name` runs a regex + `unquote_to_bytes` per file, and `FileBackend._read` uses `Path.read_bytes`: "
-    "~57 % of a file list is the backend's own scan, vs `os.scandir` + `open` in the raw baseline.",
-    "**register/unregister on memory and file** (µs-scale): `Runtime._unregister` rebuilds and re-validates the "
-    "`Instance` (`Runtime._instance_for`) only to get its key; both paths call `notify()` (a pluggy hook call) "
-    "even with no observer registered; the file backend's `create` checks its lease file (`_require_lease` → "
-    "`_marker` builds a `Path` + `exists()` stat) and joins paths with pathlib. Not inherent.",
-    "**register/unregister on Redis**: ~1/4 of the gap is server-side and inherent to the layout: the backend's "
-    "Lua scripts check lease liveness and reap expired leases on every write (EVALSHA ~10 µs server time vs ~6 µs "
-    "for the raw minimal script; 21 vs 16 commands per register+unregister); the rest is the core's Python "
-    "overhead above (Instance construction twice, `notify`).",
-    "**list on Redis/etcd slower than tooz at N ≥ 1 000**: tooz decodes msgpack capabilities into plain dicts "
-    "(one `HGETALL`); waypost decodes JSON *and* builds validated `Instance` objects (the decoding cost above).",
-    "**watch on file (vs raw and tooz)**: the floor is watchfiles' `step`: it yields a change about 1-2 steps "
-    "after it happens, and `_FileWatch._inotify` (backends/file.py) passes `step=20` ms (raw here uses 5 ms: "
-    "~10 ms; 1 ms gives ~2 ms). tooz polls every 10 ms in this harness. A tunable, not inherent.",
-    "**list on file vs tooz**: tooz's file driver does `listdir` + `stat` + read + msgpack per member; waypost "
-    "pays the backend scan costs above plus JSON decoding, `Instance` validation and the `str()`-based sort.",
-    "**keepalive on file**: each refresh touches the lease file and every instance file and then reaps "
+    "**list, every backend — what is left of the gap is building typed `Instance` objects** (the store read is "
+    "at par with raw). Since the last report the core no longer re-validates decoded values and sorts with "
+    "`key=str` (commits 9b261f3, c5e9f61): a list of 1 000 fell from 7.8 to 6.1 ms on memory, 9.9 to 8.1 ms "
+    "on etcd, 9.1 to 6.9 ms on Redis, and sorting is now 0.15 µs per instance (3 % of a list; it was ~4 µs). "
+    "Per instance now (timeit, N = 1 000, this machine): raw pays `json.loads` ≈ 2.2 µs; waypost pays the same "
+    "`json.loads` inside `Instance.from_json` (core/_instance.py) plus ≈ 3.2 µs: `Instance.from_dict` 2.65 µs "
+    "(field checks `_required_str` x3, `validate_namespace`/`validate_segment`, `_check_instance_id`, "
+    "`_decode_transport`, `_enum_or_none` x2, and `Instance._trusted` 1.0 µs, whose `zip` loop of 8 "
+    "`object.__setattr__` calls costs 0.5 µs when unrolled), `decode_entry`'s key check (`Instance.key` "
+    "re-formats the key) 0.2 µs, `Query.matches_key` in `decode_or_warn` (core/_watch.py) 0.2 µs, the sort "
+    "0.15 µs. pyinstrument agrees: `decode_items` is 85-95 % of a list of 1 000 on memory, etcd and Redis, "
+    "`EtcdBackend.range` / `RedisBackend.list` 7-12 %. So the ratio is highest where the fetch is cheapest "
+    "(memory 1.8-2.6, Redis 1.5-2.1) and lowest where it is dear (Consul 1.1-1.3). Inherent to returning "
+    "validated, typed instances from JSON in pure Python, except ~0.5 µs (`_trusted`) + ~0.4 µs (key rebuild "
+    "and prefix check, which could reuse the key's parsed parts) per instance.",
+    "**list on Consul**: `ConsulBackend.list` (backends/consul.py) does the raw baseline's work — one recursive "
+    "GET through py-consul's HTTP client, `json.loads` of the reply (`_Reply.json`), a base64 decode per value "
+    "(`_decode_entries`; py-consul's `kv.get` does the same for raw) — plus a `sorted()` of the pairs; the rest "
+    "of the gap (1.13-1.33) is the decoding above. Within the 1.2 target at N ≤ 1 000.",
+    "**list on file**: the backend's scan is ~60 % of a file list: `FileBackend._refresh` → `_scan` → "
+    "`_examine` builds a `pathlib.Path` per directory entry (`PosixPath.__new__`, ~28 % of the list) and "
+    "`decode_name` runs a regex + `unquote_to_bytes` per file, then `FileBackend._read` uses "
+    "`Path.read_bytes` (~25 %); raw does `os.scandir` + `open`. The other ~40 % is the decoding above. Not "
+    "inherent: `os.path`/`str` paths would remove most of the first part.",
+    "**register/unregister on memory** (µs-scale): `Runtime._register_once` → `_build_instance` → "
+    "`Instance.__init__`/`__post_init__` validates the caller's fields (needed once), `Instance.to_json`; "
+    "`Runtime._unregister` → `_instance_for` → `_build_instance` rebuilds and re-validates the `Instance` only "
+    "to get its key; both paths call `notify()` (a pluggy hook call, ~1-1.5 µs) even with no observer "
+    "registered. Raw is a dict insert (3.3 µs, incl. `json.dumps`) / `dict.pop` (0.3 µs), hence 2.7x / 17x on "
+    "absolute gaps of ~6 and ~4.4 µs. Not inherent: keep the key in the `Registration`, skip `notify` when no "
+    "plugin implements the hook.",
+    "**register/unregister on file**: the core costs above plus `FileBackend.create`/`delete` "
+    "(backends/file.py): pathlib joins (`_path`, `_marker`, `_write_tmp`), `_require_lease` stats the lease "
+    "marker (`_is_file`), `secrets.token_hex` for the temp name, and since d87b46a each written file keeps a "
+    "descriptor open (its identity: `delete` checks it with `_is_file` and `_close`s it). `encode_name`'s "
+    "per-byte generator (~15 % of a register+unregister) is paid by raw too (`file_escape`, same layout). "
+    "Partly inherent (the lease and identity checks are what make delete safe), partly pathlib.",
+    "**register/unregister on Redis** (1.41 / 1.26): measured per register+unregister, waypost's Lua scripts run "
+    "21.4 µs inside Redis vs 11.7 µs for the raw minimal scripts (`INFO commandstats`; 21 vs 14 commands: "
+    "`TIME`, `ZRANGEBYSCORE` to reap expired leases, `ZSCORE` liveness, `HGET` of the grant token (d87b46a) "
+    "and of the owner, on top of the same writes + change-log `XADD`); the backend's SPI create+delete is "
+    "12-15 µs above raw in all, the core's ~10 µs (as on memory) is the rest. The server-side checks are "
+    "inherent to the design (Redis expires nothing itself; a stale grant must not touch a newer one's keys).",
+    "**list on Redis slower than tooz (2.2x at N ≥ 1 000)**: tooz decodes msgpack capabilities into plain dicts "
+    "from one `HGETALL`; waypost's fetch (one script, 1.2 ms at N = 1 000) is not the issue, its JSON decoding "
+    "+ `Instance` construction (≈ 5.4 µs per instance, first item) is. Beating tooz there would need decoding "
+    "below ~2.4 µs per instance: not reachable with JSON (Dynamo's wire format) and typed objects in Python.",
+    "**list on file (N = 10 000) vs tooz (1.08x)**: tooz's file driver does `listdir` + `stat` + read + msgpack "
+    "per member; waypost pays the backend scan costs above plus JSON decoding and `Instance` construction.",
+    "**tooz on Consul** (tooz 8.1): `join_group` takes a group lock (a session `acquire` PUT and a GET before, "
+    "a `release` PUT and a GET after), reads the whole group recursively and writes the member: ~6 HTTP requests, "
+    "hence 4.3 ms vs 0.9 ms; its list is N + 1 requests (no `get_members_with_capabilities`), 7.9 s for "
+    "10 000 members vs waypost's 0.21 s.",
+    "**crash detection on Consul (~4.0 s at ttl = 2 s, waypost = raw)**: Consul invalidates a session 2 x TTL "
+    "after its last renewal; the kill here comes right after the session was created, so the full 2 x TTL. "
+    "A Consul property: the backend renews every ttl/3 like the others, and its docstring states the bound.",
+    "**watch on file (vs raw and tooz)**: the floor is watchfiles' `step`: it yields a change about 2 steps "
+    "after it happens, and `_FileWatch._inotify` (backends/file.py) passes `step=10` ms (raw here uses 5 ms: "
+    "~10 ms; tooz polls every 10 ms in this harness). A tunable, not inherent.",
+    "**keepalive on file**: each refresh touches the lease marker and every instance file and then reaps "
     "(`FileBackend.keep_alive` → `_reap_everything`: one `scandir`); tooz touches each member file under its "
     "driver lock (an `open` per group), so it is cheaper at E = 1 and 2x dearer at E = 100.",
-    "**client memory on file**: the file watch also keeps every file's bytes and stat signature (`_Known` in "
-    "backends/file.py, to re-read only changed files), ~600 B per instance on top of the decoded `Instance`.",
     "**keepalive vs tooz**: cadence — waypost refreshes every ttl/3 (design §5), tooz about every ttl/2: the "
-    "same one request per refresh (etcd: one `LeaseKeepAlive`; Redis: one `EVALSHA`). On Redis the script also "
-    "reaps expired leases (TIME, ZRANGEBYSCORE, ZSCORE, ZADD run inside it), hence ~5 server commands per "
+    "same one request per refresh (etcd: one `LeaseKeepAlive`; Redis: one `EVALSHA`; Consul: one "
+    "`session/renew`, exactly raw's figure). On Redis the script also reaps expired leases and checks the grant "
+    "token (`TIME`, `ZRANGEBYSCORE`, `ZSCORE`, `HGET`, `ZADD` run inside it), hence ~6 server commands per "
     "refresh vs tooz's one `PSETEX` — inherent: Redis expires nothing itself in this design. None of it grows "
-    "with the endpoint count, except on file, where liveness is each file's mtime (Dynamo's layout): every "
-    "owner touches each of its files every ttl/3.",
+    "with the endpoint count, except on file, where liveness is each file's mtime (Dynamo's layout).",
+    "**client memory on file / Consul**: the file watch also keeps every file's bytes and stat signature "
+    "(`_Known` in backends/file.py, to re-read only changed files); the Consul watch keeps every key's "
+    "`ModifyIndex` and value (`_ConsulWatch._entries`, to diff blocking-query states): ~450-500 B per instance "
+    "on top of the decoded `Instance`, still below raw's parsed-JSON dict.",
 )
+
+
+def consul_line(env: dict[str, Any]) -> str:
+    if not env.get("consul_backend"):
+        return "waypost has no Consul backend: not measured."
+    tc = env.get("tooz_consul") or {}
+    tooz = (f"tooz on Consul = tooz {tc.get('tooz', '?')} + python-consul2 {tc.get('python-consul2', '?')} in a "
+            "separate virtualenv (tooz 9 dropped its Consul driver; python-consul2 and py-consul are both the "
+            "`consul` package), driven through `_worker.py serve` and timed inside that process"
+            if tc else "tooz on Consul not measured (see the notes)")
+    server = env.get("servers", {}).get("consul", "?")
+    return f"`consul://` backend on a `-dev` agent with `session_ttl_min = \"1s\"` ({server}); raw = py-consul; {tooz}."
 
 
 def load(paths: list[str]) -> tuple[dict[tuple[Any, ...], dict[str, Any]], dict[str, Any], list[str]]:
@@ -180,10 +228,10 @@ def render(table: dict[tuple[Any, ...], dict[str, Any]], env: dict[str, Any], no
         f"- CPU: {env.get('cpu', '?')}, {env.get('cores', '?')} cores ({env.get('usable_cores', '?')} usable), "
         f"{env.get('machine', '?')}, Linux {env.get('kernel', '?')}",
         f"- Python {env.get('python', '?')}",
+        f"- Code measured: {env.get('code', '?')}",
         "- Packages: " + ", ".join(f"{k} {v}" for k, v in pkgs.items()),
         "- Servers (on 127.0.0.1, started by `tests/servers.py`): " + "; ".join(f"{k}: {v}" for k, v in srv.items()),
-        "- Consul: " + ("`waypost.backends.consul` exists but has not joined the harness yet: not measured."
-                        if env.get("consul_backend") else "waypost has no Consul backend yet: not measured."),
+        "- Consul: " + consul_line(env),
         "",
         "## Results",
         "",
@@ -195,21 +243,31 @@ def render(table: dict[tuple[Any, ...], dict[str, Any]], env: dict[str, Any], no
                        "waypost `Registration.unregister()` · raw: delete · tooz: `leave_group()`.", n_label="")
     out += rep.section("List a component with N instances", "list", "list", ns_list,
                        "waypost `Component.list_instances()` (decoded, validated, sorted) · raw: one prefix read + "
-                       "`json.loads` per value · tooz: `get_members_with_capabilities()` (one call).")
+                       "`json.loads` per value · tooz: `get_members_with_capabilities()` (one call; Consul: tooz 8.1 "
+                       "has no such call, so `get_members` + one `get_member_capabilities` per member, N + 1 HTTP "
+                       "requests, all submitted to tooz's executor before the first result is awaited).")
     out += rep.section("Watch propagation, p50 (register here → `Added` in another process)", "watch_p50",
                        "watch p50", [None],
-                       "tooz has no push watch: `run_watchers()` is polled every 10 ms in the other process.",
+                       "tooz has no push watch: `run_watchers()` is polled every 10 ms in the other process. "
+                       "Consul: waypost and raw both follow blocking queries (`?index=`), which return the new "
+                       "state as soon as the write commits.",
                        n_label="")
     out += rep.section("Watch propagation, p99", "watch_p99", "watch p99", [None], "", n_label="")
     out += rep.section("Crash detection (SIGKILL → `Removed` elsewhere, ttl = 2 s)", "crash_detect",
                        "crash detection", [None],
-                       "raw exists only where the store expires keys itself (etcd leases); on Redis and file "
-                       "liveness is the backend's own scheme (reaping on reads), on memory there is no other "
-                       "process.", n_label="")
+                       "raw exists only where the store expires keys itself (etcd leases, Consul sessions); on "
+                       "Redis and file liveness is the backend's own scheme (reaping on reads), on memory there is "
+                       "no other process. **Consul invalidates a session up to 2 x TTL after its last renewal** "
+                       "(it doubles the TTL to tolerate clock skew; renewals come every ttl/3, so 3.3-4 s after a "
+                       "crash at ttl = 2 s; here the kill follows the session's creation within milliseconds, "
+                       "hence ~4 s), waypost and raw alike: Consul's bound, not waypost's. tooz 8.1 on Consul has no "
+                       "figure: its member keys are not tied to its session (a killed member is never removed) "
+                       "and python-consul2 refuses session TTLs below 10 s.", n_label="")
     out += rep.section("Keepalive cost (store operations per second, ttl = 2 s)", "keepalive_ops", "keepalive",
                        ns_ka,
                        "E = endpoints registered in the Runtime. etcd: gRPC requests received by the server; Redis: "
-                       "commands executed by the server (inside Lua scripts too); file: filesystem calls (audit "
+                       "commands executed by the server (inside Lua scripts too); Consul: HTTP requests served by "
+                       "the agent (Prometheus `consul_http_*_count`); file: filesystem calls (audit "
                        "hook); memory: backend calls. Must not grow with E — except on file, whose layout keeps "
                        "liveness per file (mtime), so every owner touches each of its files. Cadence differs: "
                        "waypost keeps alive every ttl/3 (design §5), tooz heartbeats about every ttl/2, raw here "
@@ -222,14 +280,16 @@ def render(table: dict[tuple[Any, ...], dict[str, Any]], env: dict[str, Any], no
                        n_label="E")
     out += rep.section("`import` time (fresh interpreter, `-X importtime`, cumulative)", "import", "import",
                        [None], "waypost: `import waypost` (backends load lazily) · raw: the client library "
-                       "(`pyetcd`, `redis`) · tooz: `import tooz.coordination`.", n_label="")
+                       "(`pyetcd`, `redis`, `consul` = py-consul) · tooz: `import tooz.coordination` (tooz 9, this "
+                       "interpreter).", n_label="")
     out += rep.section("Memory per instance held by a `Client` (N = 1 000, tracemalloc)", "client_mem",
                        "client memory", sorted({k[2] for k in table if k[0] == "client_mem"}),
                        "waypost: `Endpoint.client()` after it has seen all N · raw: dict of key → parsed JSON · "
                        "tooz: the `get_members_with_capabilities()` result.")
     out += ["## Flags (issue 6: ratio to raw > 1.2 for register/list, or slower than tooz by > 10 %)", ""]
     out += [f"- {f}" for f in rep.flags] or ["- none"]
-    out += ["", "## Why (profiled with `benchmarks/profile_ops.py`, pyinstrument)", ""]
+    out += ["", "## Why (profiled with `benchmarks/profile_ops.py` (pyinstrument), timeit of the pieces, Redis "
+            "`INFO commandstats`)", ""]
     out += [f"- {text}" for text in EXPLANATIONS]
     out += ["", "## Notes", ""]
     out += [f"- {n}" for n in notes] or ["- none"]

@@ -4,6 +4,10 @@
     python benchmarks/run.py --quick         # CI smoke  -> $TMPDIR/waypost-bench/RESULTS-quick.md (~1-2 min)
     python benchmarks/run.py --backends etcd,redis -- -k list   # a subset; args after -- go to pytest
 
+Consul's tooz peer (tooz 8.1 + python-consul2) is installed into its own
+virtualenv (``$TMPDIR/tooz-consul-venv``, built on first use; ``--no-tooz``
+skips it, ``--tooz-consul-python`` points at an existing one).
+
 Servers come from ``scripts/install-servers`` (run first; it is a no-op when
 they are installed). Exit status: pytest's (the report is written regardless
 when there is anything to report).
@@ -20,16 +24,40 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+# tooz 9 dropped its Consul driver; tooz 8.1 needs python-consul2, whose `consul` package clashes with
+# py-consul (waypost's): a throwaway virtualenv of its own, driven through _worker.py serve.
+TOOZ_CONSUL_VENV = Path(tempfile.gettempdir()) / "tooz-consul-venv"
+TOOZ_CONSUL_REQS = ["tooz>=8.1,<8.2", "python-consul2"]
+
+
+def tooz_consul_env() -> str | None:
+    """The python of the tooz 8.1 + python-consul2 virtualenv, built if missing; ``None`` if that fails."""
+    python = TOOZ_CONSUL_VENV / "bin" / "python"
+    probe = [str(python), "-W", "ignore", "-c", "import tooz.drivers.consul"]
+    if python.exists() and subprocess.call(probe, stderr=subprocess.DEVNULL) == 0:
+        return str(python)
+    print(f"run: building {TOOZ_CONSUL_VENV} ({' '.join(TOOZ_CONSUL_REQS)})", flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(TOOZ_CONSUL_VENV)], check=True, timeout=60)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                        *TOOZ_CONSUL_REQS], check=True, timeout=120)
+    except (subprocess.SubprocessError, OSError) as exc:
+        print(f"run: no tooz environment for Consul ({exc}); tooz on Consul is not measured", flush=True)
+        return None
+    return str(python)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke mode: few rounds, small N, short windows")
-    parser.add_argument("--backends", default="memory,file,etcd,redis")
+    parser.add_argument("--backends", default="memory,file,etcd,redis,consul")
     parser.add_argument("--output", help="report path (default: benchmarks/RESULTS.md, or a temp file with --quick)")
     parser.add_argument("--json-dir", help="where the run's JSON files go (default: a temp dir)")
     parser.add_argument("--no-install", action="store_true", help="do not run scripts/install-servers")
     parser.add_argument("--no-tooz", action="store_true")
+    parser.add_argument("--tooz-consul-python",
+                        help="python of a virtualenv with tooz 8.1 + python-consul2 (default: build one in "
+                             f"{TOOZ_CONSUL_VENV} when Consul is measured)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args()
 
@@ -48,6 +76,10 @@ def main() -> int:
         if subprocess.call(["bash", str(installer)], cwd=REPO) != 0:
             print("run: install-servers failed; backends without a server will be skipped", flush=True)
 
+    tooz_consul = args.tooz_consul_python
+    if not tooz_consul and not args.no_tooz and "consul" in args.backends.split(","):
+        tooz_consul = tooz_consul_env()
+
     cmd = [sys.executable, "-m", "pytest", str(BENCH), "-p", "no:cacheprovider", "-q", "-rs",
            f"--benchmark-json={bench_json}", f"--metrics-json={metrics_json}", f"--bench-backends={args.backends}",
            "--benchmark-columns=median,iqr,min,rounds", "--benchmark-sort=name"]
@@ -55,6 +87,8 @@ def main() -> int:
         cmd.append("--quick")
     if args.no_tooz:
         cmd.append("--no-tooz")
+    if tooz_consul:
+        cmd.append(f"--tooz-consul-python={tooz_consul}")
     cmd += args.pytest_args
     print("run: " + " ".join(cmd), flush=True)
     status = subprocess.call(cmd, cwd=REPO, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})

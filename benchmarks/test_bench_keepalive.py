@@ -8,6 +8,8 @@ several keepalive periods are counted and divided by the window:
           from its ``/metrics``, all methods);
 * Redis:  commands the server executed (``INFO commandstats``, all commands
           minus our own ``INFO``; commands run inside Lua scripts count too);
+* Consul: HTTP requests the agent served (the ``consul_http_*_count`` counters
+          of its Prometheus metrics, all endpoints minus our own metrics reads);
 * file:   filesystem calls of this process, counted with an audit hook
           (``open``, ``os.utime``, ``os.scandir``, ``os.link``, ``os.rename``,
           ``os.remove``, ...; ``stat`` is not audited);
@@ -82,6 +84,16 @@ def _counter(target: Any) -> Callable[[], float]:
             return float(total)
 
         return redis_calls
+    if target.name == "consul":
+        url = f"http://{target.endpoint}/v1/agent/metrics?format=prometheus"
+        http = re.compile(r"^consul_http_(\S+)_count (\S+)$", re.M)
+
+        def consul_calls() -> float:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                text = r.read().decode()
+            return sum(float(v) for name, v in http.findall(text) if "v1_agent_metrics" not in name)
+
+        return consul_calls
     if target.name == "file":
         if not _audit_installed:
             sys.addaudithook(_audit)
@@ -153,6 +165,10 @@ def test_keepalive(target: Any, mode: Any, impl: str, endpoints: int) -> None:
         pytest.skip(target.tooz_skip or "no tooz driver")
     if impl == "raw" and target.name == "memory":
         pytest.skip("a dict needs no keepalive")
+    if impl == "tooz" and target.tooz_python:
+        METRICS.note(f"{target.name}: no tooz keepalive figure — python-consul2 refuses session TTLs below 10 s "
+                      "(tooz 8.1 renews its one session every max(ttl/2, 1) s whatever the group count)")
+        pytest.skip("tooz 8.1 on Consul cannot run at ttl = 2 s")
     target = target.variant("keepalive")
     component = f"ka{endpoints}"
     counter = _counter(target)

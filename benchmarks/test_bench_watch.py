@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from _common import METRICS, NAMESPACE, Metric, Worker, encode, instance_dict, instance_key, percentile
-from _tooz import ToozMember
+from _tooz import ToozMember, make_member
 
 CRASH_TTL = 2.0
 
@@ -62,7 +62,7 @@ def _writer(target: Any, impl: str, component: str, name: str) -> tuple[Callable
                 lambda: store.delete(key), close_raw)
     if target.tooz_url is None:
         pytest.skip(target.tooz_skip or "no tooz driver")
-    member = ToozMember(target.tooz_url, name, ttl=10)
+    member = make_member(target, name, ttl=10)
     group = f"{NAMESPACE}.{component}"
     member.ensure_group(group)
     caps = instance_dict(NAMESPACE, component, name, 0x7A11_0000_0000_0004)
@@ -165,7 +165,12 @@ def test_crash_detection(target: Any, mode: Any, impl: str) -> None:
     _need_cross_process(target)
     if impl == "tooz" and target.tooz_url is None:
         pytest.skip(target.tooz_skip or "no tooz driver")
-    if impl == "raw" and target.name != "etcd":
+    if impl == "tooz" and target.tooz_python:
+        METRICS.note(f"{target.name}: no tooz crash detection — tooz 8.1's Consul driver writes member keys "
+                      "without its session (a killed member is never removed) and python-consul2 refuses "
+                      "session TTLs below 10 s")
+        pytest.skip("tooz 8.1 Consul members do not expire")
+    if impl == "raw" and target.name not in ("etcd", "consul"):
         METRICS.note(f"{target.name}: no raw crash-detection baseline — the store does not expire anything "
                      "itself, so a raw client would have to re-implement the backend's reaping (liveness is "
                      "the backend's own scheme on top of the store)")

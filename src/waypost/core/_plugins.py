@@ -122,7 +122,10 @@ def _load_scheme(manager: pluggy.PluginManager, scheme: str) -> None:
 
 def notify(hook_name: str, **kwargs: Any) -> None:
     """Call an observer hook, logging (never raising) what a plugin raised."""
+    hook = getattr(plugin_manager().hook, hook_name)
+    if not hook.get_hookimpls():  # the common case: nobody listens, so skip pluggy's call machinery
+        return
     try:
-        getattr(plugin_manager().hook, hook_name)(**kwargs)
+        hook(**kwargs)
     except Exception:
         _log.exception("waypost plugin hook %s raised; ignored", hook_name)
