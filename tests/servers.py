@@ -655,11 +655,10 @@ class EtcdServer(_Server):
                 self.tls.server_cert,
                 "--key-file",
                 self.tls.server_key,
-                "--trusted-ca-file",
-                self.tls.ca,
             ]
             if self.client_cert_auth:
-                argv += ["--client-cert-auth"]
+                # etcd verifies client certificates whenever it is given a trusted CA.
+                argv += ["--client-cert-auth", "--trusted-ca-file", self.tls.ca]
         return argv + self.extra_args
 
     def _env(self) -> dict:

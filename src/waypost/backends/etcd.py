@@ -50,10 +50,19 @@ Semantics
 
 Caveats
     Watches probe an idle stream with etcd progress requests (falling back to
-    a one-key read, because etcd 3.5 defers progress answers while a watcher
-    catches up). Every watch uses two threads while it runs. Lease grants are
-    retried on timeouts, which can leave an unused lease behind until its ttl
-    ends.
+    a one-key linearizable read, because etcd 3.5 defers progress answers
+    while a watcher catches up) and ask the member to end the stream when it
+    loses its leader. Every watch runs two threads (plus gRPC's own request
+    thread). Lease grants are retried on timeouts, which can leave an unused
+    lease behind until its ttl ends. Closing a Runtime while etcd is down
+    takes up to ``timeout`` (the lease revoke is tried, then left to expire).
+
+Implementation
+    Built on the gRPC stubs that etcd-sdk-python (``pyetcd``) ships rather
+    than its ``Etcd3Client``, which marks a member failed for 300 s after one
+    error, cannot send watch progress requests or cancel a stalled watch,
+    drops the server's error details, and sends auth tokens only as call
+    credentials (refused by gRPC on plain-text channels).
 """
 
 from __future__ import annotations
@@ -210,7 +219,10 @@ def _status(exc: BaseException) -> tuple[Any, str]:
 
 
 def translate(exc: BaseException, what: str, where: str, secret: str | None = None) -> WaypostError:
-    """Map a gRPC/pyetcd exception to waypost's tree (the caller chains it as the cause)."""
+    """Map a gRPC/pyetcd exception to waypost's tree (the caller chains it as the cause).
+
+    Used through :meth:`_Connection.error` only.
+    """
     if isinstance(exc, WaypostError):
         return exc
     code, details = _status(exc)
@@ -232,7 +244,6 @@ def translate(exc: BaseException, what: str, where: str, secret: str | None = No
 
 def _is_invalid_token(exc: BaseException) -> bool:
     code, details = _status(exc)
-    # A watch create refused for a stale token comes back as "permission denied".
     return code is grpc.StatusCode.UNAUTHENTICATED and "auth token" in details
 
 
@@ -322,7 +333,7 @@ class _Connection:
     def call(self, what: str, invoke: Invoke, *, deadline: float | None = None, renew: bool = True) -> Any:
         """Run ``invoke`` on the member in use, failing over and retrying until the deadline.
 
-        An invalid auth token is renewed once. Errors leave through :func:`translate`.
+        An invalid auth token is renewed once. Errors leave through :meth:`error`.
         """
         deadline = time.monotonic() + self.timeout if deadline is None else deadline
         attempt = 0
@@ -334,25 +345,25 @@ class _Connection:
             except Exception as exc:
                 if renew and _is_invalid_token(exc):
                     renew = False
-                    self._renew(what, deadline, token, exc)
+                    self.authenticate(deadline, stale=token)
                     continue
-                if _status(exc)[0] not in _RETRYABLE or time.monotonic() >= deadline or self.closed.is_set():
-                    raise translate(exc, what, self.where, self.settings.password) from exc
-                self.fail_over(index)
+                retryable = _status(exc)[0] in _RETRYABLE
+                if retryable:
+                    self.fail_over(index)  # even when out of time: the next call starts elsewhere
+                if not retryable or time.monotonic() >= deadline or self.closed.is_set():
+                    raise self.error(exc, what) from exc
                 attempt += 1
                 self._backoff(attempt, deadline)
 
-    def _renew(self, what: str, deadline: float, stale: str | None, cause: BaseException) -> None:
-        try:
-            self.authenticate(deadline, stale)
-        except WaypostError as exc:
-            raise exc from cause
+    def error(self, exc: BaseException, what: str) -> WaypostError:
+        """The one way out for client-library errors: translated, password scrubbed."""
+        return translate(exc, what, self.where, self.settings.password)
 
     def _attempt_timeout(self, deadline: float) -> float:
         remaining = max(deadline - time.monotonic(), 0.001)
         members = len(self.settings.targets)
         # With several members, leave time to try another one after a silent member.
-        return remaining if members == 1 else max(min(remaining, 1.0), remaining / members)
+        return remaining if members == 1 else max(remaining / members, min(remaining / 2, 1.0))
 
     def _backoff(self, attempt: int, deadline: float) -> None:
         if attempt % len(self.settings.targets):
@@ -419,9 +430,12 @@ class _Stream:
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._responses: queue.SimpleQueue[tuple[Any, BaseException | None]] = queue.SimpleQueue()
         try:
-            self.call = conn.stubs(index).watch.Watch(self._request_iterator(), metadata=conn.metadata())
+            # "hasleader": the member ends the stream when it loses its leader, instead of
+            # keeping a partitioned watch open that answers progress requests but sees no change.
+            metadata = (*(conn.metadata() or ()), ("hasleader", "true"))
+            self.call = conn.stubs(index).watch.Watch(self._request_iterator(), metadata=metadata)
         except Exception as exc:
-            raise translate(exc, "watch", conn.where) from exc
+            raise conn.error(exc, "watch") from exc
         self._reader = threading.Thread(target=self._read, name="waypost-etcd-watch-stream", daemon=True)
         self._reader.start()
 
@@ -453,14 +467,17 @@ class _Stream:
             raise error
         if _is_invalid_token(error):
             self._conn.authenticate(stale=self.token)
-        conn = self._conn
-        raise _StreamLost(str(translate(error, "watch", conn.where, conn.settings.password))) from error
+        raise _StreamLost(str(self._conn.error(error, "watch"))) from error
 
     def close(self) -> None:
-        self._requests.put(None)  # ends the request iterator that gRPC's own thread consumes
+        # Cancel first, then end the request iterator gRPC's own thread consumes: ending it
+        # first half-closes the stream, and etcd's reply to that races with the cancel.
         self.call.cancel()
+        self._requests.put(None)
         if self._reader is not threading.current_thread():
-            self._reader.join()
+            self._reader.join(self._conn.timeout)  # a cancelled call ends at once; never hang on it
+            if self._reader.is_alive():
+                _log.warning("etcd watch stream reader did not stop after cancel; leaving it behind")
 
 
 class _EtcdWatch:
@@ -477,6 +494,7 @@ class _EtcdWatch:
         self._stream: _Stream | None = None
         self._probe_interval = min(2.0, self._conn.timeout / 2)
         self._failures = 0  # consecutive stream failures
+        self._opened_at: float | None = None  # when the current stream was created
         items, self._revision = backend.range(prefix)
         sink.reset(items, None)
         self._thread = threading.Thread(target=self._run, name="waypost-etcd-watch", daemon=True)
@@ -497,15 +515,22 @@ class _EtcdWatch:
                 except WaypostError as exc:
                     if self._stop.is_set():
                         return
-                    self._failures += 1
+                    self._count_failure()
                     resync = self._on_failure(exc, resync)
         except Exception as exc:  # a bug, not an outage: end the watch loudly
             _log.exception("etcd watch of %s failed", self._prefix)
             if not self._stop.is_set():
                 self._sink.failed(exc)
         finally:
-            with self._lock:
-                self._drop_stream()
+            self._drop_stream()
+
+    def _count_failure(self) -> None:
+        # A stream that stayed up a while was healthy: its break starts a new count. One that
+        # breaks right after opening keeps counting, so a flapping member gets backoff.
+        if self._opened_at is not None and time.monotonic() - self._opened_at >= 1.0:
+            self._failures = 0
+        self._opened_at = None
+        self._failures += 1
 
     def _on_failure(self, exc: WaypostError, resync: str | None) -> str | None:
         stalled = isinstance(exc, _StreamLost) and exc.stalled
@@ -528,12 +553,14 @@ class _EtcdWatch:
         index = self._conn.current()
         try:
             stream = self._open(index)
-            self._failures = 0
+            self._opened_at = time.monotonic()
             self._pump(stream, index)
         except _StreamLost:
             if not self._stop.is_set():
                 self._conn.fail_over(index)
             raise
+        finally:
+            self._drop_stream()
 
     def _pump(self, stream: _Stream, index: int) -> None:
         pending_since: float | None = None  # when the unanswered progress request was sent
@@ -553,12 +580,13 @@ class _EtcdWatch:
 
     def _open(self, index: int) -> _Stream:
         stream = _Stream(self._conn, index)
-        with self._lock:
-            if self._stop.is_set():
-                stream.close()
-                raise Closed("watch closed")
-            self._drop_stream()
-            self._stream = stream
+        with self._lock:  # close() reads _stream under the lock: it cancels this one or sees _stop
+            stopped = self._stop.is_set()
+            if not stopped:
+                self._stream = stream
+        if stopped:
+            stream.close()
+            raise Closed("watch closed")
         create = etcdrpc.WatchCreateRequest(key=self._key, range_end=_range_end(self._key),
                                             start_revision=self._revision + 1)
         stream.send(etcdrpc.WatchRequest(create_request=create))
@@ -589,7 +617,7 @@ class _EtcdWatch:
             if _is_invalid_token(exc):
                 self._conn.authenticate(stale=token)
                 return
-            cause = translate(exc, "a liveness probe", self._conn.where)
+            cause = self._conn.error(exc, "a liveness probe")
             raise _StreamLost(f"etcd at {self._conn.where} stopped answering ({cause})", stalled=True) from exc
 
     def _deliver(self, response: Any) -> None:
@@ -598,6 +626,8 @@ class _EtcdWatch:
         if response.canceled:
             raise _StreamLost(f"etcd canceled the watch: {response.cancel_reason}")
         for event in response.events:
+            if self._stop.is_set():
+                return  # closed: no sink call after close() returned
             key = self._backend.unkey(event.kv.key)
             if event.type == event.PUT:
                 self._sink.put(key, event.kv.value)
@@ -610,8 +640,9 @@ class _EtcdWatch:
 
     # lifecycle --------------------------------------------------------------------------------
     def _drop_stream(self) -> None:
-        """Close the current stream; called with ``self._lock`` held."""
-        stream, self._stream = self._stream, None
+        """Close the current stream (outside the lock: closing joins its reader)."""
+        with self._lock:
+            stream, self._stream = self._stream, None
         if stream is not None:
             stream.close()
 
@@ -622,7 +653,11 @@ class _EtcdWatch:
         if stream is not None:
             stream.call.cancel()  # wakes the supervisor; it closes the stream itself
         if self._thread is not threading.current_thread():
-            self._thread.join()
+            # Every step of the supervisor is bounded by the timeout; the bound here only
+            # guards against a wedged client library. A late sink call is dropped (_stop).
+            self._thread.join(self._conn.timeout * 3)
+            if self._thread.is_alive():
+                _log.error("etcd watch of %s did not stop in time; abandoning its thread", self._prefix)
         self._backend.forget(self)
 
 
@@ -701,8 +736,11 @@ class EtcdBackend(Backend):
 
     def keep_alive(self, lease: Lease) -> None:
         request = etcdrpc.LeaseKeepAliveRequest(ID=lease.id)
+        # A keepalive stuck on a silent member for the whole timeout could outlast a short
+        # lease; half the ttl leaves time to retry on another member.
+        deadline = time.monotonic() + min(self.conn.timeout, max(lease.ttl / 2, 0.5))
         response = self.conn.call("lease keepalive", lambda s, t, m: _first_response(
-            s.lease.LeaseKeepAlive(iter((request,)), timeout=t, metadata=m)))
+            s.lease.LeaseKeepAlive(iter((request,)), timeout=t, metadata=m)), deadline=deadline)
         if response.TTL <= 0:
             raise LeaseLost(f"etcd lease {lease.id:x} has expired or was revoked")
 
@@ -736,8 +774,14 @@ class EtcdBackend(Backend):
         self.conn.call("register", lambda s, t, m: s.kv.Put(request, timeout=t, metadata=m))
 
     def delete(self, lease: Lease, key: str) -> None:
-        request = etcdrpc.DeleteRangeRequest(key=self.key(key))
-        self.conn.call("unregister", lambda s, t, m: s.kv.DeleteRange(request, timeout=t, metadata=m))
+        # Only while the key is still on our lease: never remove what another Runtime wrote since.
+        raw = self.key(key)
+        request = etcdrpc.TxnRequest(
+            compare=[etcdrpc.Compare(result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.LEASE, key=raw,
+                                     lease=lease.id)],
+            success=[etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=raw))],
+        )
+        self.conn.call("unregister", lambda s, t, m: s.kv.Txn(request, timeout=t, metadata=m))
 
     def range(self, prefix: str) -> tuple[list[tuple[str, bytes]], int]:
         """Every ``(key, value)`` under ``prefix`` and the store revision they were read at."""
