@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
@@ -28,8 +28,8 @@ import servers  # tests/servers.py, on sys.path through tests/conftest.py
 import waypost
 from waypost import Added, Interrupted, Query, Removed, Resynced, TransportType
 from waypost.backends.etcd import EtcdBackend
+from waypost.contrib.conformance import wait_until
 
-T = TypeVar("T")
 TTL = 1.0
 OPTIONS = {"ttl": TTL, "timeout": 2.0}
 ROOT_PW = "r00t:pw@/?#"  # URL-hostile on purpose
@@ -37,15 +37,6 @@ ROOT_PW = "r00t:pw@/?#"  # URL-hostile on purpose
 
 # -- helpers --------------------------------------------------------------------------------------
 
-def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not reached within {timeout:.1f} s (last value: {value!r})")
-        time.sleep(interval)
 
 
 def etcdctl(server: Any, *args: str, user: str | None = None) -> str:

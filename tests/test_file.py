@@ -12,17 +12,17 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 import waypost
 from waypost import Added, Query, Removed, TransportType
 from waypost.backends.file import FileBackend, decode_name, encode_name
+from waypost.contrib.conformance import wait_until
 
-T = TypeVar("T")
 TTL = 2.0
 DYNAMO_VALUE = (
     b'{"type":"Endpoint","component":"backend","endpoint":"generate","namespace":"dynamo",'
@@ -47,13 +47,6 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.01)
-    return value
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import pytest
 # Plain asserts in the suite give pytest's detailed messages to any project that runs it.
 pytest.register_assert_rewrite("waypost.contrib.conformance._suite", "waypost.contrib.conformance._harness")
 
-from ._harness import Harness, ServerControl  # noqa: E402
+from ._harness import Harness, ServerControl, wait_until  # noqa: E402
 from ._suite import BackendConformance  # noqa: E402
 
-__all__ = ["BackendConformance", "Harness", "ServerControl"]
+__all__ = ["BackendConformance", "Harness", "ServerControl", "wait_until"]

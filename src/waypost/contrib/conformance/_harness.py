@@ -124,7 +124,7 @@ def _readline_with_timeout(process: subprocess.Popen[str], timeout: float) -> st
     return result[0] if result else ""
 
 
-def wait_until(condition: Callable[[], T], timeout: float, interval: float = 0.02, what: str = "condition") -> T:
+def wait_until(condition: Callable[[], T], timeout: float, what: str = "condition", interval: float = 0.02) -> T:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
