@@ -355,29 +355,6 @@ def test_a_retried_create_finds_its_own_write(consul_server: servers.ConsulServe
         b.close()
 
 
-def test_a_lost_lease_never_deletes_the_key_of_the_runtime_that_took_its_id(
-        consul_server: servers.ConsulServer, ns: str) -> None:
-    """Runtime A loses its lease; B takes the same instance id and endpoint; A's late delete leaves B's key."""
-    a, b = _backend(consul_server.url), _backend(consul_server.url)
-    try:
-        lease_a = a.grant_lease(10.0, preferred_id=0x5EED)
-        key = f"v1/instances/{ns}/c/e/{lease_a.id:x}"
-        a.create(lease_a, key, b"from a")
-        b.revoke_lease(lease_a.id)  # A's lease is gone (as if expired) but A does not know yet
-        lease_b = b.grant_lease(10.0, preferred_id=lease_a.id)
-        assert lease_b == lease_a  # same id and ttl: only the session tells them apart
-        b.create(lease_b, key, b"from b")
-        a.delete(lease_a, key)  # A's late unregister
-        assert b.list(f"v1/instances/{ns}/") == [(key, b"from b")]
-        assert _raw(consul_server).kv.get(key)[1]["Value"] == b"from b"
-        b.delete(lease_b, key)
-        assert b.list(f"v1/instances/{ns}/") == []
-        b.delete(lease_b, key)  # a missing key is not an error
-    finally:
-        a.close()
-        b.close()
-
-
 def test_binary_values_round_trip_unchanged(consul_server: servers.ConsulServer, runtimes: list[waypost.Runtime],
                                            ns: str) -> None:
     """Binary values round-trip through the transaction API (base64 on the wire) unchanged."""

@@ -261,41 +261,6 @@ def test_chosen_id_is_refused_while_fresh_instance_files_carry_it(url: str, buck
         assert rt.instance_id == 8026718667892531462
 
 
-def test_a_lost_lease_never_touches_the_files_of_the_runtime_that_took_its_id(tmp_path: Path) -> None:
-    """A loses its lease; B (another process: another backend) takes the same id and endpoint.
-
-    A's late unregister must not delete B's file, and A's keepalive must report the loss
-    instead of keeping B's files alive as if they were A's.
-    """
-    a, b = FileBackend(tmp_path, watcher="poll"), FileBackend(tmp_path, watcher="poll")
-    prefix = "v1/instances/ns/"
-    try:
-        lease_a = a.grant_lease(10.0, preferred_id=0x5EED)
-        key = f"{prefix}c/e/{lease_a.id:x}"
-        a.create(lease_a, key, b"from a")
-        b.revoke_lease(lease_a.id)  # A's lease is gone (as if reaped) but A does not know yet
-        lease_b = b.grant_lease(10.0, preferred_id=lease_a.id)
-        assert lease_b == lease_a  # same id and ttl: only the files tell them apart
-        b.create(lease_b, key, b"from b")
-        a.delete(lease_a, key)  # A's late unregister
-        assert b.list(prefix) == [(key, b"from b")]
-        with pytest.raises(waypost.LeaseLost):
-            a.keep_alive(lease_a)
-        with pytest.raises(waypost.AlreadyRegistered):
-            a.grant_lease(10.0, preferred_id=lease_a.id)  # B holds the id now
-        with pytest.raises(waypost.LeaseLost):
-            a.replace(lease_a, key, b"from a again")
-        a.revoke_lease(lease_a.id)  # A closing: B's lease and files stay
-        assert b.list(prefix) == [(key, b"from b")]
-        b.keep_alive(lease_b)
-        b.delete(lease_b, key)
-        assert b.list(prefix) == []
-        b.delete(lease_b, key)  # a missing key is not an error
-    finally:
-        a.close()
-        b.close()
-
-
 def test_stale_after_protects_a_slower_peer(url: str, bucket: Path) -> None:
     with waypost.connect(url, ttl=TTL, stale_after=10) as rt:
         (bucket / DYNAMO_NAME).write_bytes(DYNAMO_VALUE)

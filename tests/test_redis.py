@@ -355,37 +355,6 @@ def test_lease_rules(redis_server: servers.RedisServer, ns: str) -> None:
         b.close()
 
 
-def test_a_lost_lease_never_touches_the_key_of_the_runtime_that_took_its_id(
-        redis_server: servers.RedisServer, ns: str) -> None:
-    """A loses its lease; B takes the same instance id and endpoint; A's late calls leave B alone."""
-    a, b = _backend(redis_server.url), _backend(redis_server.url)
-    try:
-        lease_a = a.grant_lease(10.0, preferred_id=0x5EED)
-        key = f"v1/instances/{ns}/c/e/{lease_a.id:x}"
-        a.create(lease_a, key, b"from a")
-        b.revoke_lease(lease_a.id)  # A's lease is gone (as if expired) but A does not know yet
-        lease_b = b.grant_lease(10.0, preferred_id=lease_a.id)
-        assert lease_b == lease_a  # same id and ttl: only the grant tells them apart
-        b.create(lease_b, key, b"from b")
-        a.delete(lease_a, key)  # A's late unregister
-        assert b.list(f"v1/instances/{ns}/") == [(key, b"from b")]
-        with pytest.raises(waypost.LeaseLost):
-            a.keep_alive(lease_a)  # not B's lease kept alive as if it were A's
-        with pytest.raises(waypost.LeaseLost):
-            a.replace(lease_a, key, b"from a again")
-        with pytest.raises(waypost.AlreadyRegistered):
-            a.grant_lease(10.0, preferred_id=lease_a.id)  # B holds the id now
-        a.revoke_lease(lease_a.id)  # A closing: B's lease and key stay
-        assert b.list(f"v1/instances/{ns}/") == [(key, b"from b")]
-        b.keep_alive(lease_b)
-        b.delete(lease_b, key)
-        assert b.list(f"v1/instances/{ns}/") == []
-        b.delete(lease_b, key)  # a missing key is not an error
-    finally:
-        a.close()
-        b.close()
-
-
 def test_expired_lease_is_reaped_by_a_lone_watcher(redis_server: servers.RedisServer, ns: str) -> None:
     """No other Runtime is alive, only a watch (on a backend without a lease): it reaps."""
     writer, watcher = _backend(redis_server.url), _backend(redis_server.url)

@@ -588,6 +588,8 @@ class ConsulBackend(Backend):
         self._agent = _Agent(settings)
         self._lock = threading.Lock()
         self._sessions: dict[int, str] = {}  # our leases: instance id -> session id
+        # Ids whose session we held and lost: revoking one of them must not reach whoever holds the id now.
+        self._lost: set[int] = set()
         self._watches: set[_ConsulWatch] = set()
         self._closed = False
 
@@ -651,6 +653,7 @@ class ConsulBackend(Backend):
             if not errors:
                 with self._lock:
                     self._sessions[lease_id] = session
+                    self._lost.discard(lease_id)
                 return Lease(lease_id, ttl)
             self._destroy_quietly(session)
             if not any("exists" in e for e in errors):
@@ -695,11 +698,15 @@ class ConsulBackend(Backend):
         with self._lock:
             if self._sessions.get(lease_id) == session:
                 del self._sessions[lease_id]
+                self._lost.add(lease_id)
 
     def revoke_lease(self, lease_id: int) -> None:
         self._check()
         with self._lock:
             session = self._sessions.pop(lease_id, None)
+            if session is None and lease_id in self._lost:
+                self._lost.discard(lease_id)
+                return  # our session of that id is already gone; the id may be another Runtime's now
         if session is None:  # another Runtime's lease: its session holds the lease key
             reply = self._agent.call("GET", f"/v1/kv/{self._lease_key(lease_id)}", f"finding lease {lease_id:x}",
                                      expect=(200, 404))

@@ -46,6 +46,15 @@ __all__ = ["MemoryBackend", "reset_stores"]
 _Change = tuple[str, str, bytes]  # ("put" | "delete", key, value)
 
 
+@dataclass(eq=False)
+class _Grant:
+    """One grant of a lease id. Identity matters: a lost id granted again is a new grant,
+    so the first holder can never touch (keep alive, delete) what the second one owns."""
+
+    deadline: float
+    ttl: float
+
+
 @dataclass
 class _Watcher:
     prefix: str
@@ -57,8 +66,8 @@ class _Store:
 
     def __init__(self) -> None:
         self.lock = threading.Condition()
-        self.data: dict[str, tuple[bytes, int]] = {}  # key -> (value, lease id)
-        self.leases: dict[int, tuple[float, float]] = {}  # id -> (deadline, ttl)
+        self.data: dict[str, tuple[bytes, _Grant]] = {}  # key -> (value, owning grant)
+        self.leases: dict[int, _Grant] = {}  # live lease id -> its current grant
         self.watchers: list[_Watcher] = []
         self._reaper = threading.Thread(target=self._reap_forever, name="waypost-memory-reaper", daemon=True)
         self._reaper.start()
@@ -70,26 +79,32 @@ class _Store:
                 watcher.changes.put((kind, key, value))
 
     def drop_lease(self, lease_id: int) -> None:
-        self.leases.pop(lease_id, None)
-        for key in [k for k, (_, owner) in self.data.items() if owner == lease_id]:
+        grant = self.leases.pop(lease_id, None)
+        if grant is not None:
+            self.drop_keys_of(grant)
+
+    def drop_keys_of(self, grant: _Grant) -> None:
+        for key in [k for k, (_, owner) in self.data.items() if owner is grant]:
             del self.data[key]
             self.publish("delete", key)
 
     def reap(self) -> None:
         now = time.monotonic()
-        for lease_id in [i for i, (deadline, _) in self.leases.items() if deadline <= now]:
+        for lease_id in [i for i, grant in self.leases.items() if grant.deadline <= now]:
             self.drop_lease(lease_id)
 
-    def require_lease(self, lease: Lease) -> None:
+    def require_grant(self, lease: Lease, grant: _Grant | None) -> _Grant:
+        """``grant`` if it is still the live grant of ``lease.id``, else :class:`LeaseLost`."""
         self.reap()
-        if lease.id not in self.leases:
+        if grant is None or self.leases.get(lease.id) is not grant:
             raise LeaseLost(f"memory lease {lease.id:x} has expired or was revoked")
+        return grant
 
     def _reap_forever(self) -> None:
         with self.lock:
             while True:
                 self.reap()
-                next_deadline = min((d for d, _ in self.leases.values()), default=None)
+                next_deadline = min((g.deadline for g in self.leases.values()), default=None)
                 timeout = None if next_deadline is None else max(next_deadline - time.monotonic(), 0.0)
                 self.lock.wait(timeout)
 
@@ -153,6 +168,7 @@ class MemoryBackend(Backend):
     def __init__(self, name: str) -> None:
         self.name = name
         self._store = _store(name)
+        self._grants: dict[int, _Grant] = {}  # lease ids this backend was granted
         self._closed = False
 
     @classmethod
@@ -177,7 +193,7 @@ class MemoryBackend(Backend):
                 if preferred_id is not None:
                     raise AlreadyRegistered(f"instance id {lease_id:x} is held by a live Runtime")
                 lease_id = random_instance_id()
-            store.leases[lease_id] = (time.monotonic() + ttl, ttl)
+            store.leases[lease_id] = self._grants[lease_id] = _Grant(time.monotonic() + ttl, ttl)
             store.lock.notify_all()
             return Lease(lease_id, ttl)
 
@@ -185,37 +201,43 @@ class MemoryBackend(Backend):
         self._check()
         store = self._store
         with store.lock:
-            store.require_lease(lease)
-            store.leases[lease.id] = (time.monotonic() + lease.ttl, lease.ttl)
+            grant = store.require_grant(lease, self._grants.get(lease.id))
+            grant.deadline = time.monotonic() + lease.ttl
 
     def revoke_lease(self, lease_id: int) -> None:
         self._check()
-        with self._store.lock:
-            self._store.drop_lease(lease_id)
+        store = self._store
+        with store.lock:
+            mine = self._grants.pop(lease_id, None)
+            if mine is None or store.leases.get(lease_id) is mine:
+                store.drop_lease(lease_id)  # ours and live, or another Runtime's: revoke by id
+            else:
+                store.drop_keys_of(mine)  # our grant was lost and the id re-granted: leave the new holder be
 
     def create(self, lease: Lease, key: str, value: bytes) -> None:
         self._check()
         store = self._store
         with store.lock:
-            store.require_lease(lease)
+            grant = store.require_grant(lease, self._grants.get(lease.id))
             if key in store.data:
                 raise AlreadyRegistered(f"{key} is already registered")
-            store.data[key] = (value, lease.id)
+            store.data[key] = (value, grant)
             store.publish("put", key, value)
 
     def replace(self, lease: Lease, key: str, value: bytes) -> None:
         self._check()
         store = self._store
         with store.lock:
-            store.require_lease(lease)
-            store.data[key] = (value, lease.id)
+            grant = store.require_grant(lease, self._grants.get(lease.id))
+            store.data[key] = (value, grant)
             store.publish("put", key, value)
 
     def delete(self, lease: Lease, key: str) -> None:
         self._check()
         store = self._store
         with store.lock:
-            if key in store.data:
+            entry = store.data.get(key)
+            if entry is not None and entry[1] is self._grants.get(lease.id):  # only what this grant owns
                 del store.data[key]
                 store.publish("delete", key)
 

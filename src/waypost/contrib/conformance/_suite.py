@@ -130,6 +130,33 @@ class BackendConformance:
             second_runtime_registers()
         assert [i.transport for i in first.list_instances(Query.namespace(ns))] == [_tcp(1)]
 
+    def test_a_lost_lease_never_touches_the_new_holder_of_its_id(self, backend: Harness, ns: str) -> None:
+        """A loses its lease; B is granted the same id and registers the same key.
+
+        A's late calls (unregister, keepalive, update, close) must leave B's registration alone.
+        """
+        self.require(backend, Capability.CHOSEN_INSTANCE_ID)
+        a, b = backend.connect().backend, backend.connect().backend
+        chosen = random_instance_id()
+        long_ttl = max(backend.ttl * 30, 30.0)  # nothing may expire on its own during the test
+        lease_a = a.grant_lease(long_ttl, preferred_id=chosen)
+        key = waypost.Instance(ns, "c", "e", chosen, _tcp(1)).key
+        a.create(lease_a, key, b"from a")
+        b.revoke_lease(chosen)  # A's lease is gone, as if expired; A does not know yet
+        lease_b = b.grant_lease(long_ttl, preferred_id=chosen)
+        b.create(lease_b, key, b"from b")
+        a.delete(lease_a, key)  # A's late unregister
+        assert b.list(f"v1/instances/{ns}/") == [(key, b"from b")]
+        with pytest.raises(waypost.LeaseLost):
+            a.keep_alive(lease_a)
+        with pytest.raises(waypost.LeaseLost):
+            a.replace(lease_a, key, b"from a again")
+        a.revoke_lease(chosen)  # A closing
+        assert b.list(f"v1/instances/{ns}/") == [(key, b"from b")]
+        b.keep_alive(lease_b)
+        b.revoke_lease(chosen)
+        assert b.list(f"v1/instances/{ns}/") == []
+
     def test_reregister_in_same_runtime_updates(self, backend: Harness, ns: str) -> None:
         rt = backend.connect()
         ep = rt.namespace(ns).component("c").endpoint("e")
