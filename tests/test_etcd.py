@@ -363,6 +363,9 @@ def test_closed_watch_stops_its_threads_and_stream(etcd: Any, runtimes: Any) -> 
     watches = [rt.watch(Query.namespace(new_ns())) for _ in range(3)]
     # A supervisor and a stream reader each (the supervisor opens its stream in the background).
     wait_until(lambda: len(etcd_threads()) == before + 6, 5, what="watch threads running")
+    # The reader thread may start a moment before the supervisor publishes its stream.
+    wait_until(lambda: all(w._handle._stream is not None for w in watches), 5,  # type: ignore[attr-defined]
+               what="watch streams open")
     calls = [watch._handle._stream.call for watch in watches]  # type: ignore[attr-defined]
     for watch in watches:
         watch.close()
