@@ -332,13 +332,35 @@ class Runtime:
 
 
 # handles ---------------------------------------------------------------------------------------
-class Namespace:
+class _Scope:
+    """What Namespace, Component and Endpoint share: the instances their query names."""
+
+    @property
+    def runtime(self) -> Runtime:
+        raise NotImplementedError
+
+    @property
+    def query(self) -> Query:
+        raise NotImplementedError
+
+    async def list_instances(self) -> list[Instance]:
+        return await self.runtime.list_instances(self.query)
+
+    def watch(self) -> Pending[Watch]:
+        return self.runtime.watch(self.query)
+
+
+class Namespace(_Scope):
     """A group of components (asyncio). ``component(name)`` returns the same object for the same name."""
 
     def __init__(self, runtime: Runtime, name: str) -> None:
-        self.runtime = runtime
+        self._runtime = runtime
         self.name = validate_namespace(name)
         self._components: dict[str, Component] = {}
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
 
     @property
     def sync(self) -> _SyncNamespace:
@@ -360,17 +382,11 @@ class Namespace:
     def query(self) -> Query:
         return Query.namespace(self.name)
 
-    async def list_instances(self) -> list[Instance]:
-        return await self.runtime.list_instances(self.query)
-
-    def watch(self) -> Pending[Watch]:
-        return self.runtime.watch(self.query)
-
     def __repr__(self) -> str:
         return f"<aio.Namespace {self.name}>"
 
 
-class Component:
+class Component(_Scope):
     """A named service in a namespace that hosts endpoints (asyncio)."""
 
     def __init__(self, namespace: Namespace, name: str) -> None:
@@ -397,17 +413,11 @@ class Component:
     def query(self) -> Query:
         return Query.component(self.namespace.name, self.name)
 
-    async def list_instances(self) -> list[Instance]:
-        return await self.runtime.list_instances(self.query)
-
-    def watch(self) -> Pending[Watch]:
-        return self.runtime.watch(self.query)
-
     def __repr__(self) -> str:
         return f"<aio.Component {self.namespace.name}/{self.name}>"
 
 
-class Endpoint:
+class Endpoint(_Scope):
     """A named entry point of a component (asyncio): ``await register()`` serves it, ``client()`` finds it."""
 
     def __init__(self, component: Component, name: str) -> None:
@@ -444,12 +454,6 @@ class Endpoint:
     @property
     def query(self) -> Query:
         return Query.from_endpoint_id(self.id)
-
-    async def list_instances(self) -> list[Instance]:
-        return await self.runtime.list_instances(self.query)
-
-    def watch(self) -> Pending[Watch]:
-        return self.runtime.watch(self.query)
 
     def __repr__(self) -> str:
         return f"<aio.Endpoint {self.id}>"

@@ -425,14 +425,36 @@ class Runtime:
         self.close()
 
 
-class Namespace:
+class _Scope:
+    """What Namespace, Component and Endpoint share: the instances their query names."""
+
+    @property
+    def runtime(self) -> Runtime:
+        raise NotImplementedError
+
+    @property
+    def query(self) -> Query:
+        raise NotImplementedError
+
+    def list_instances(self) -> list[Instance]:
+        return self.runtime.list_instances(self.query)
+
+    def watch(self) -> Watch:
+        return self.runtime.watch(self.query)
+
+
+class Namespace(_Scope):
     """A group of components. ``component(name)`` returns the same object for the same name."""
 
     def __init__(self, runtime: Runtime, name: str) -> None:
-        self.runtime = runtime
+        self._runtime = runtime
         self.name = validate_namespace(name)
         self._components: dict[str, Component] = {}
         self._lock = threading.Lock()
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
 
     def namespace(self, child: str) -> Namespace:
         """The child namespace ``{self.name}.{child}``."""
@@ -451,17 +473,11 @@ class Namespace:
     def query(self) -> Query:
         return Query.namespace(self.name)
 
-    def list_instances(self) -> list[Instance]:
-        return self.runtime.list_instances(self.query)
-
-    def watch(self) -> Watch:
-        return self.runtime.watch(self.query)
-
     def __repr__(self) -> str:
         return f"<Namespace {self.name}>"
 
 
-class Component:
+class Component(_Scope):
     """A named service in a namespace that hosts endpoints."""
 
     def __init__(self, namespace: Namespace, name: str) -> None:
@@ -482,17 +498,11 @@ class Component:
     def query(self) -> Query:
         return Query.component(self.namespace.name, self.name)
 
-    def list_instances(self) -> list[Instance]:
-        return self.runtime.list_instances(self.query)
-
-    def watch(self) -> Watch:
-        return self.runtime.watch(self.query)
-
     def __repr__(self) -> str:
         return f"<Component {self.namespace.name}/{self.name}>"
 
 
-class Endpoint:
+class Endpoint(_Scope):
     """A named entry point of a component; ``register()`` serves it, ``client()`` finds it."""
 
     def __init__(self, component: Component, name: str) -> None:
@@ -522,12 +532,6 @@ class Endpoint:
     @property
     def query(self) -> Query:
         return Query.from_endpoint_id(self.id)
-
-    def list_instances(self) -> list[Instance]:
-        return self.runtime.list_instances(self.query)
-
-    def watch(self) -> Watch:
-        return self.runtime.watch(self.query)
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.id}>"
