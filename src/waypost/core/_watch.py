@@ -93,14 +93,17 @@ class InstanceView:
             events += [Added(new) for key, new in sorted(fresh.items()) if self._instances.get(key) != new]
             self._instances = fresh
             self._interrupted = False
+            notice = None
             if reason is not None:
                 removed = sum(isinstance(e, Removed) for e in events)
-                events.append(Resynced(reason, len(events) - removed, removed))
+                notice = Resynced(reason, len(events) - removed, removed)
+                events.append(notice)
             self._deliver(events)
-        if reason is not None:
-            _log.info("watch %s resynced (%s): %d changes", self.query, reason, len(events) - 1)
-            notify("waypost_on_watch_resynced", query=self.query, reason=reason,
-                   added=events[-1].added, removed=events[-1].removed)  # type: ignore[union-attr]
+        if notice is not None:
+            _log.info("watch %s resynced (%s): %d added, %d removed", self.query, reason, notice.added,
+                      notice.removed)
+            notify("waypost_on_watch_resynced", query=self.query, reason=notice.reason, added=notice.added,
+                   removed=notice.removed)
 
     def put(self, key: str, value: bytes) -> None:
         instance = decode_or_warn(key, value, self.query)
