@@ -169,7 +169,9 @@ class RawFile(RawStore):
 
     def __init__(self, url: str, root: str, stale_after: float = 3600.0, **_: Any) -> None:
         self.bucket = os.path.join(root, self.BUCKET)
-        os.makedirs(self.bucket, mode=0o700, exist_ok=True)
+        for directory in (root, os.path.join(root, "v1"), self.bucket):  # 0700 whatever the umask: waypost
+            os.makedirs(directory, mode=0o700, exist_ok=True)             # refuses a store others can write
+            os.chmod(directory, 0o700)
         self.stale_after = stale_after
         self.leases: dict[int, list[str]] = {}
 

@@ -251,7 +251,8 @@ def test_watch_converges_on_another_processes_churn(url: str) -> None:
 
 
 def test_chosen_id_is_refused_while_fresh_instance_files_carry_it(url: str, bucket: Path) -> None:
-    bucket.mkdir(parents=True)
+    bucket.parent.mkdir(mode=0o700)
+    bucket.mkdir(mode=0o700)
     (bucket / DYNAMO_NAME).write_bytes(DYNAMO_VALUE)
     with pytest.raises(waypost.AlreadyRegistered, match="6f64a219dfbb2106"):
         waypost.connect(url, ttl=TTL, instance_id=8026718667892531462)
@@ -283,7 +284,7 @@ def test_watch_resyncs_after_the_bucket_was_unusable(url: str, bucket: Path) -> 
         bucket.write_bytes(b"not a directory")
         assert watch.wait_for(lambda e: isinstance(e, waypost.Interrupted), 5) is not None
         bucket.unlink()
-        bucket.mkdir()
+        bucket.mkdir(mode=0o700)
         (bucket / DYNAMO_NAME).write_bytes(DYNAMO_VALUE)
         assert watch.wait_for(lambda e: isinstance(e, waypost.Resynced), 5) is not None
         assert [i.instance_id for i in watch.instances] == [8026718667892531462]

@@ -75,13 +75,26 @@ Watches
     ``poll_interval``) and delivered as the minimal diff since the last scan.
     An unreadable directory interrupts the watch; it resyncs when readable.
 
-Permissions
+Trust and permissions
     Directories are created ``0700`` and files ``0600``: only the same user
     can read them. Run the Dynamo and waypost processes that share a store as
-    one user (an existing directory's mode is left alone).
+    one user. Whoever can write the store can announce instances and delete
+    them, so the backend refuses (``ConfigError`` at ``connect()``, naming the
+    path, what it found and the fix) a store directory (the root,
+    ``v1/``, ``v1/instances/``, ``.waypost/``, ``.waypost/leases/``) that is
+    a symbolic link, owned by another user, or writable by group or others.
+    Every directory is opened once without following links and every file
+    operation names a file relative to that descriptor, never following a
+    link: nothing outside the store is ever read, written, touched or
+    deleted, and only regular files inside it are. Files are read
+    non-blocking and only when they are regular files of at most
+    ``MAX_VALUE_BYTES`` (a FIFO or device put in the store is skipped with a
+    warning, never waited on). The directories above the root are resolved
+    as usual; see docs/security.md.
 
 Errors
-    A store path that is a file, or a directory this user cannot write, is a
+    A store path that is a file, a symbolic link, a directory this user
+    cannot write or does not own, or one writable by others, is a
     ``ConfigError`` naming the path at ``connect()``; a filesystem failure
     later (disk full, I/O error) is ``BackendUnavailable``. A store directory
     removed while in use is recreated by the next write or keepalive.
@@ -107,10 +120,12 @@ Limits
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import json
 import logging
 import os
+import pwd
 import queue
 import re
 import secrets
@@ -146,18 +161,25 @@ from waypost.core import (
     random_instance_id,
 )
 
-__all__ = ["FileBackend", "decode_name", "default_root", "encode_name"]
+__all__ = ["MAX_VALUE_BYTES", "FileBackend", "decode_name", "default_root", "encode_name"]
 
 _log = logging.getLogger("waypost")
 
 TMP_PREFIX = ".tmp_"
-LEASE_DIR = (".waypost", "leases")
+BUCKET = KEY_ROOT  # the instances bucket, relative to the root
+LEASE_DIR = ".waypost/leases"
+#: Largest file the backend reads; a bigger one is skipped with a warning.
+MAX_VALUE_BYTES = 4 * 1024 * 1024
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _ENCODED_NAME = re.compile(r"(?:[A-Za-z0-9]|%[0-9A-F]{2})+")
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 _MAX_NAME = 255  # bytes in one file name on every common Linux filesystem
 _TMP_GRACE = 60.0  # a .tmp_ file lives microseconds; one this old was left by a crash
+# Never follow a link, never block on a FIFO or device, never become its controlling terminal.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 # Names and paths ------------------------------------------------------------------
@@ -185,98 +207,303 @@ def default_root() -> Path:
 
 def _relative_prefix(prefix: str) -> str | None:
     """``prefix`` relative to the instances bucket; ``None`` if it names another bucket."""
-    bucket = KEY_ROOT + "/"
+    bucket = BUCKET + "/"
     if prefix.startswith(bucket):
         return prefix[len(bucket):]
     return "" if bucket.startswith(prefix) else None
 
 
-def _unavailable(action: str, path: Path | str, exc: OSError) -> BackendUnavailable:
+def _unavailable(action: str, path: str, exc: OSError) -> BackendUnavailable:
     error = BackendUnavailable(f"file:// store: cannot {action} {path}: {exc.strerror or exc}")
     error.__cause__ = exc
     return error
 
 
-def _ensure_dir(path: Path) -> None:
-    """Create ``path`` and missing parents ``0700``; a clear error if it cannot be used."""
-    missing = [p for p in (path, *path.parents) if not p.exists()]
+class _Skipped(Exception):
+    """A directory entry that is not a file this backend reads (the message says why)."""
+
+
+# The store's directories: opened without following links, checked, held open ------------
+
+def _owner(uid: int) -> str:
     try:
-        for directory in reversed(missing):
-            with contextlib.suppress(FileExistsError):  # another process made it first
-                directory.mkdir(mode=_DIR_MODE)
-    except (NotADirectoryError, FileExistsError):
-        raise ConfigError(f"file:// store: {path} or one of its parents is a file, not a directory") from None
-    except PermissionError:
-        raise ConfigError(f"file:// store: cannot create {path}: permission denied; "
-                          "choose a writable directory (file:///path or DYN_FILE_KV)") from None
-    except OSError as exc:
-        raise _unavailable("create", path, exc) from exc
-    if not path.is_dir():
-        raise ConfigError(f"file:// store: {path} is not a directory")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"file:// store: {path} is not writable by this user (uid {os.getuid()}); "
-                          "choose a writable directory (file:///path or DYN_FILE_KV)")
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
 
 
-def _open_exclusive(path: Path, action: str) -> int | None:
-    """Create ``path`` (mode 0600) for writing; ``None`` if it exists. Recreates a removed store."""
+def _writers(mode: int) -> str:
+    return " and ".join(who for who, bit in (("group", 0o020), ("others", 0o002)) if mode & bit)
+
+
+def _check_trusted(fd: int, path: str) -> None:
+    """Refuse a store directory another user could write to (closing ``fd`` first)."""
+    st = os.fstat(fd)
+    problem = None
+    if st.st_uid != os.geteuid():
+        problem = (f"is owned by {_owner(st.st_uid)}, not by this user ({_owner(os.geteuid())}): its owner could "
+                   f"announce or delete instances; use a directory you own (file:///path or DYN_FILE_KV)")
+    elif st.st_mode & 0o022:
+        problem = (f"is writable by {_writers(st.st_mode)} (mode {stat.S_IMODE(st.st_mode):04o}): other users "
+                   f"could announce or delete instances; run `chmod go-w {path}` or use another directory")
+    if problem is not None:
+        os.close(fd)
+        raise ConfigError(f"file:// store: refusing {path}: it {problem}")
+
+
+def _open_dir(parent_fd: int | None, name: str, path: str) -> int:
+    """Open (creating it ``0700`` if missing) the directory ``name`` without following a link."""
     for attempt in range(2):
         try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+            fd = os.open(name, _DIR_FLAGS) if parent_fd is None else os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except FileNotFoundError:
+            if attempt or parent_fd is None:
+                raise ConfigError(f"file:// store: {path} vanished while it was being opened") from None
+            try:
+                os.mkdir(name, _DIR_MODE, dir_fd=parent_fd)
+            except FileExistsError:
+                pass  # another process made it first
+            except PermissionError:
+                raise ConfigError(f"file:// store: cannot create {path}: permission denied; "
+                                  "choose a writable directory (file:///path or DYN_FILE_KV)") from None
+            except OSError as exc:
+                raise _unavailable("create", path, exc) from exc
+            continue
+        except OSError as exc:
+            raise _wrong_dir(parent_fd, name, path, exc) from None
+        _check_trusted(fd, path)
+        return fd
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _wrong_dir(parent_fd: int | None, name: str, path: str, exc: OSError) -> WaypostError:
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        return ConfigError(f"file:// store: refusing {path}: it is a symbolic link, and the store never follows "
+                           "links (another user could point it anywhere); remove it or choose another directory")
+    if (st is not None and not stat.S_ISDIR(st.st_mode)) or exc.errno == errno.ENOTDIR:
+        return ConfigError(f"file:// store: {path} is not a directory")
+    if isinstance(exc, PermissionError):
+        return ConfigError(f"file:// store: cannot open {path}: permission denied")
+    return _unavailable("open", path, exc)
+
+
+def _open_root(root: str) -> int:
+    """The root directory: its parents resolved as usual (created ``0700``), the root itself never a link."""
+    parent, name = os.path.split(root.rstrip("/") or "/")
+    missing = []
+    ancestor = parent
+    while ancestor and not os.path.lexists(ancestor):
+        missing.append(ancestor)
+        ancestor = os.path.dirname(ancestor)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, _DIR_MODE)
+        except FileExistsError:
+            pass
+        except (NotADirectoryError, PermissionError) as exc:
+            reason = "permission denied" if isinstance(exc, PermissionError) else "a parent is not a directory"
+            raise ConfigError(f"file:// store: cannot create {directory}: {reason}; "
+                              "choose a writable directory (file:///path or DYN_FILE_KV)") from None
+        except OSError as exc:
+            raise _unavailable("create", directory, exc) from exc
+    if not name:  # the root is "/" itself
+        return _open_dir(None, "/", "/")
+    try:
+        parent_fd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except NotADirectoryError:
+        raise ConfigError(f"file:// store: {root} or one of its parents is a file, not a directory") from None
+    except PermissionError:
+        raise ConfigError(f"file:// store: cannot open {parent}: permission denied") from None
+    except OSError as exc:
+        raise _unavailable("open", parent, exc) from exc
+    try:
+        return _open_dir(parent_fd, name, root)
+    finally:
+        os.close(parent_fd)
+
+
+class _Dir:
+    """One directory of the store, held open: every file operation in it names a file relative to it.
+
+    Nothing here follows a symbolic link, and only regular files are read,
+    touched or deleted, so whatever another process swaps in, nothing outside
+    the store is affected.
+    """
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd = fd
+        self.path = path
+
+    def alive(self) -> bool:
+        """False once the directory was removed (it has no name left)."""
+        try:
+            return os.fstat(self.fd).st_nlink > 0
+        except OSError:
+            return False
+
+    def names(self) -> list[str]:
+        # A descriptor of its own: its read position is not shared with scans in other threads.
+        fd = os.open(".", _DIR_FLAGS, dir_fd=self.fd)
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
+
+    def lstat(self, name: str) -> os.stat_result | None:
+        """The entry ``name`` itself (a link is not followed); ``None`` if it is gone."""
+        try:
+            return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def read(self, name: str) -> bytes | None:
+        """The content of the regular file ``name``; ``None`` if it is gone; :class:`_Skipped` if not one."""
+        try:
+            fd = os.open(name, _READ_FLAGS, dir_fd=self.fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _Skipped("it is a symbolic link") from None
+            raise _Skipped(exc.strerror or str(exc)) from None
+        try:
+            st = os.fstat(fd)  # the file actually opened, not what a listing saw a moment ago
+            if not stat.S_ISREG(st.st_mode):
+                raise _Skipped("not a regular file")
+            if st.st_size > MAX_VALUE_BYTES:
+                raise _Skipped(f"{st.st_size} bytes, more than the {MAX_VALUE_BYTES} a value may have")
+            chunks = []
+            size = 0
+            while chunk := os.read(fd, max(st.st_size, 4096) + 1):
+                size += len(chunk)
+                if size > MAX_VALUE_BYTES:
+                    raise _Skipped(f"more than the {MAX_VALUE_BYTES} bytes a value may have")
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except OSError as exc:
+            raise _Skipped(exc.strerror or str(exc)) from None
+        finally:
+            os.close(fd)
+
+    def create(self, name: str) -> int | None:
+        """Create the file ``name`` (0600) for writing; ``None`` if something of that name exists."""
+        try:
+            return os.open(name, _CREATE_FLAGS, _FILE_MODE, dir_fd=self.fd)
         except FileExistsError:
             return None
-        except FileNotFoundError as exc:
-            if attempt:
-                raise _unavailable(action, path, exc) from exc
-            _ensure_dir(path.parent)  # someone removed the store directory: start it again
         except OSError as exc:
-            raise _unavailable(action, path, exc) from exc
-    return None
+            raise _unavailable("create", f"{self.path}/{name}", exc) from exc
+
+    def unlink(self, name: str, expected: os.stat_result | None = None) -> bool:
+        """Delete the regular file ``name`` (only if it still is ``expected``); ``True`` if it was deleted."""
+        st = self.lstat(name)
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return False
+        if expected is not None and (st.st_dev, st.st_ino) != (expected.st_dev, expected.st_ino):
+            return False
+        try:
+            os.unlink(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _unavailable("delete", f"{self.path}/{name}", exc) from exc
+        return True
+
+    def holds(self, name: str, fd: int | None) -> os.stat_result | None:
+        """The entry ``name`` if it is the very file open as ``fd`` (one we wrote), else ``None``.
+
+        We keep each file we wrote open, so its inode cannot be freed and reused
+        by a file of the same name written after ours was deleted.
+        """
+        if fd is None:
+            return None
+        try:
+            st = self.lstat(name)
+        except OSError as exc:
+            raise _unavailable("examine", f"{self.path}/{name}", exc) from exc
+        if st is None:
+            return None
+        mine = os.fstat(fd)
+        return st if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino) else None
+
+    def touch_if_held(self, name: str, fd: int | None) -> bool:
+        """Refresh the mtime of our file ``name`` (through its descriptor); ``False`` if it is not ours any more."""
+        if self.holds(name, fd) is None:
+            return False
+        try:
+            os.utime(fd)  # type: ignore[arg-type]  # futimens: the file itself, whatever its name points to
+        except OSError as exc:
+            raise _unavailable("touch", f"{self.path}/{name}", exc) from exc
+        return True
+
+    def publish(self, tmp: str, name: str, *, replace: bool) -> None:
+        """Give the written ``tmp`` its name: ``link()`` (create-only) or ``rename()`` (replace)."""
+        if replace:
+            os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        else:
+            os.link(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd, follow_symlinks=False)
+
+    def identity(self) -> tuple[int, int]:
+        st = os.fstat(self.fd)
+        return st.st_dev, st.st_ino
+
+    def close(self) -> None:
+        _close(self.fd)
 
 
-def _unlink(path: Path) -> bool:
-    """Delete ``path``; ``False`` if it was already gone."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise _unavailable("delete", path, exc) from exc
-    return True
+class _Tree:
+    """The store's directories by path relative to the root, opened on first use and reopened if removed."""
 
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+        self._dirs: dict[str, _Dir] = {}
+        self.identity = self._root().identity()
 
-def _touch(path: Path) -> bool:
-    """Set ``path``'s mtime to now; ``False`` if it is gone."""
-    try:
-        os.utime(path)
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise _unavailable("touch", path, exc) from exc
-    return True
+    def _root(self) -> _Dir:
+        return self.dir("")
 
+    def dir(self, relative: str) -> _Dir:
+        """The directory ``relative`` (``""`` is the root), created ``0700`` and checked when opened."""
+        with self._lock:
+            cached = self._dirs.get(relative)
+            if cached is not None and cached.alive():
+                return cached
+            return self._open(relative)
 
-def _is_file(path: Path, fd: int | None) -> bool:
-    """Is ``path`` (still) the file open as ``fd``?
+    def _open(self, relative: str) -> _Dir:
+        # Walk down from the root, reopening whatever was removed (someone ran rm -rf on the store).
+        root = self._dirs.get("")
+        if root is None or not root.alive():
+            self._drop_all()
+            root = self._dirs[""] = _Dir(_open_root(self.root), self.root)
+        current, walked = root, ""
+        for part in filter(None, relative.split("/")):
+            walked = f"{walked}/{part}" if walked else part
+            cached = self._dirs.get(walked)
+            if cached is None or not cached.alive():
+                if cached is not None:
+                    cached.close()
+                cached = self._dirs[walked] = _Dir(_open_dir(current.fd, part, f"{self.root}/{walked}"),
+                                                   f"{self.root}/{walked}")
+            current = cached
+        return current
 
-    We keep each file we wrote open, so its inode cannot be freed and reused by a
-    file of the same name written after ours was deleted.
-    """
-    if fd is None:
-        return False
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise _unavailable("examine", path, exc) from exc
-    mine = os.fstat(fd)
-    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+    def _drop_all(self) -> None:
+        for directory in self._dirs.values():
+            directory.close()
+        self._dirs.clear()
 
+    def close(self) -> None:
+        with self._lock:
+            self._drop_all()
 
-def _touch_if(path: Path, fd: int | None) -> bool:
-    """Touch ``path`` if it is still the file open as ``fd`` (the one we wrote); ``False`` if not."""
-    return _is_file(path, fd) and _touch(path)
 
 
 def _close(fd: int | None) -> None:
@@ -294,7 +521,7 @@ def _write_all(fd: int, data: bytes) -> None:
 # In-process fan-out ----------------------------------------------------------------
 
 class _Shared:
-    """What this process's backends on one bucket directory share.
+    """What this process's backends on one store directory share.
 
     File operations and their notifications happen under ``lock``, so watches
     in this process receive this process's changes in the order they hit disk.
@@ -309,13 +536,13 @@ class _Shared:
             watch.notify(kind, key, value)
 
 
-_shared: dict[str, _Shared] = {}
+_shared: dict[tuple[int, int], _Shared] = {}
 _shared_lock = threading.Lock()
 
 
-def _shared_for(bucket: Path) -> _Shared:
+def _shared_for(identity: tuple[int, int]) -> _Shared:
     with _shared_lock:
-        return _shared.setdefault(os.path.realpath(bucket), _Shared())
+        return _shared.setdefault(identity, _Shared())
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,12 +553,12 @@ class _Known:
     value: bytes
 
 
-_Entry = tuple[str, Path, os.stat_result]  # key, path, stat
-# A file this backend wrote: its path and a descriptor we keep open on it. The open file tells
-# it apart from a file of the same name written later by another Runtime (ours was reaped or
-# revoked, and the same instance id was granted again elsewhere): that one is never touched or
-# deleted as ours.
-_Mine = tuple[Path, int]
+_Entry = tuple[str, str, os.stat_result]  # key, file name in the bucket, stat
+# A file this backend wrote: its name in the bucket and a descriptor we keep open on it. The open
+# file tells it apart from a file of the same name written later by another Runtime (ours was
+# reaped or revoked, and the same instance id was granted again elsewhere): that one is never
+# touched or deleted as ours.
+_Mine = tuple[str, int]
 _Entries = list[_Entry]  # `list` is shadowed inside FileBackend by its method
 
 
@@ -356,15 +583,22 @@ class FileBackend(Backend):
     def __init__(self, root: Path, *, stale_after: float | None = None, poll_interval: float | None = None,
                  watcher: str = "auto") -> None:
         self.root = root
-        self.bucket = root.joinpath(*KEY_ROOT.split("/"))
-        self.lease_dir = root.joinpath(*LEASE_DIR)
-        _ensure_dir(self.bucket)
-        _ensure_dir(self.lease_dir)
+        self.bucket = root.joinpath(*BUCKET.split("/"))
         self.use_inotify = _pick_watcher(watcher)
+        self._tree = _Tree(os.path.abspath(root))
+        try:
+            for relative in (BUCKET, LEASE_DIR):
+                directory = self._tree.dir(relative)
+                if not os.access(".", os.W_OK | os.X_OK, dir_fd=directory.fd):
+                    raise ConfigError(f"file:// store: {directory.path} is not writable by this user (uid "
+                                      f"{os.geteuid()}); choose a writable directory (file:///path or DYN_FILE_KV)")
+        except BaseException:
+            self._tree.close()
+            raise
         self._stale_after = stale_after
         self._poll_interval = poll_interval
         self._ttl = 10.0
-        self._shared = _shared_for(self.bucket)
+        self._shared = _shared_for(self._tree.identity)
         self._owned: dict[int, dict[str, _Mine]] = {}  # lease id -> key -> file; guarded by _shared.lock
         self._markers: dict[int, int] = {}  # lease id -> open fd of the lease file we wrote; same lock
         self._warned: set[str] = set()
@@ -396,18 +630,22 @@ class FileBackend(Backend):
         if self._closed:
             raise Closed(f"{self.describe()} backend is closed")
 
-    def _path(self, key: str) -> Path:
+    def _name(self, key: str) -> str:
+        """The file name of ``key`` in the instances bucket."""
         relative = _relative_prefix(key)
         if not relative:
-            raise ConfigError(f"the file:// store keeps keys under {KEY_ROOT}/ only, got {key!r}")
+            raise ConfigError(f"the file:// store keeps keys under {BUCKET}/ only, got {key!r}")
         name = encode_name(relative)
         if len(name) > _MAX_NAME:
             raise ConfigError(f"key {key!r} is too long for the file:// store: its file name would have "
                               f"{len(name)} bytes (at most {_MAX_NAME})")
-        return self.bucket / name
+        return name
 
-    def _marker(self, lease_id: int) -> Path:
-        return self.lease_dir / f"{lease_id:x}"
+    def _bucket(self) -> _Dir:
+        return self._tree.dir(BUCKET)
+
+    def _leases(self) -> _Dir:
+        return self._tree.dir(LEASE_DIR)
 
     def _warn_once(self, name: str, message: str) -> None:
         if name not in self._warned:
@@ -433,16 +671,17 @@ class FileBackend(Backend):
 
     def _claim(self, lease_id: int, check_files: bool) -> bool:
         """Create (or, for our own lost lease, refresh) the lease file of ``lease_id``."""
-        marker = self._marker(lease_id)
+        name = f"{lease_id:x}"
         with self._shared.lock:
+            leases = self._leases()
             old = self._markers.get(lease_id)
-            if lease_id in self._owned and _touch_if(marker, old):
+            if lease_id in self._owned and leases.touch_if_held(name, old):
                 return True  # our own lease, lost and re-granted: its lease file is still ours
             if check_files and self._fresh_files_of(lease_id, self._owned.get(lease_id, {})):
                 return False
-            fd = self._create_marker(marker)
-            if fd is None and self._reap(marker, None):
-                fd = self._create_marker(marker)
+            fd = self._create_marker(leases, name)
+            if fd is None and self._reap(leases, name, None):
+                fd = self._create_marker(leases, name)
             if fd is None:
                 return False
             _close(old)
@@ -450,24 +689,26 @@ class FileBackend(Backend):
             self._owned.setdefault(lease_id, {})
             return True
 
-    def _create_marker(self, marker: Path) -> int | None:
+    @staticmethod
+    def _create_marker(leases: _Dir, name: str) -> int | None:
         """Create a lease file exclusively; its open descriptor, or ``None`` if it exists."""
-        fd = _open_exclusive(marker, "create lease file")
+        fd = leases.create(name)
         if fd is None:
             return None
         try:
             _write_all(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
         except OSError as exc:
             _close(fd)
-            _unlink(marker)
-            raise _unavailable("write", marker, exc) from exc
+            leases.unlink(name)
+            raise _unavailable("write", f"{leases.path}/{name}", exc) from exc
         return fd
 
     def _fresh_files_of(self, lease_id: int, mine: Mapping[str, _Mine]) -> bool:
         """Are there live instance files of ``lease_id`` that this backend did not write?"""
         suffix = f"/{lease_id:x}"
-        return any(key.endswith(suffix) and not (key in mine and _is_file(path, mine[key][1]))
-                   for key, path, _ in self._scan(""))
+        bucket = self._bucket()
+        return any(key.endswith(suffix) and not (key in mine and bucket.holds(name, mine[key][1]))
+                   for key, name, _ in self._scan(""))
 
     def keep_alive(self, lease: Lease) -> None:
         self._check()
@@ -475,8 +716,10 @@ class FileBackend(Backend):
             owned = self._owned.get(lease.id)
             if owned is None:
                 raise LeaseLost(f"file:// lease {lease.id:x} was revoked")
-            files = ((self._marker(lease.id), self._markers.get(lease.id)), *owned.values())
-            missing = [path for path, fd in files if not _touch_if(path, fd)]
+            leases, bucket = self._leases(), self._bucket()
+            marker = f"{lease.id:x}"
+            missing = [] if leases.touch_if_held(marker, self._markers.get(lease.id)) else [f"{leases.path}/{marker}"]
+            missing += [f"{bucket.path}/{name}" for name, fd in owned.values() if not bucket.touch_if_held(name, fd)]
         if missing:
             raise LeaseLost(f"{missing[0]} was removed or replaced: it went stale and was reaped, "
                             "or another process revoked the lease (and may hold its id now)")
@@ -485,23 +728,25 @@ class FileBackend(Backend):
     def revoke_lease(self, lease_id: int) -> None:
         self._check()
         suffix = f"/{lease_id:x}"
-        marker = self._marker(lease_id)
+        marker = f"{lease_id:x}"
         with self._shared.lock:
             mine = self._owned.pop(lease_id, None)
             marker_fd = self._markers.pop(lease_id, None)
             try:
-                if mine is not None and not _is_file(marker, marker_fd):
+                leases, bucket = self._leases(), self._bucket()
+                if mine is not None and leases.holds(marker, marker_fd) is None:
                     # We lost this lease and another Runtime may hold the id now: only our own files go.
-                    for key, (path, fd) in sorted(mine.items()):
-                        if _is_file(path, fd) and _unlink(path):
+                    for key, (name, fd) in sorted(mine.items()):
+                        held = bucket.holds(name, fd)
+                        if held is not None and bucket.unlink(name, held):
                             self._shared.publish("delete", key)
                     return
-                doomed = {key: path for key, path, _ in self._scan("") if key.endswith(suffix)}
-                doomed.update({key: path for key, (path, _) in (mine or {}).items()})
-                for key, path in sorted(doomed.items()):
-                    if _unlink(path):
+                doomed = {key: name for key, name, _ in self._scan("") if key.endswith(suffix)}
+                doomed.update({key: name for key, (name, _) in (mine or {}).items()})
+                for key, name in sorted(doomed.items()):
+                    if bucket.unlink(name):
                         self._shared.publish("delete", key)
-                _unlink(marker)
+                leases.unlink(marker)
             finally:
                 _close(marker_fd)
                 for _, fd in (mine or {}).values():
@@ -511,79 +756,80 @@ class FileBackend(Backend):
         owned = self._owned.get(lease.id)
         if owned is None:
             raise LeaseLost(f"file:// lease {lease.id:x} was revoked")
-        if not _is_file(self._marker(lease.id), self._markers.get(lease.id)):
-            raise LeaseLost(f"file:// lease {lease.id:x} is gone: {self._marker(lease.id)} was removed or replaced")
+        leases = self._leases()
+        if leases.holds(f"{lease.id:x}", self._markers.get(lease.id)) is None:
+            raise LeaseLost(f"file:// lease {lease.id:x} is gone: {leases.path}/{lease.id:x} was removed or replaced")
         return owned
 
     # writing ----------------------------------------------------------------------------
     def create(self, lease: Lease, key: str, value: bytes) -> None:
         self._check()
-        path = self._path(key)
+        self._write(lease, key, value, replace=False)
+
+    def replace(self, lease: Lease, key: str, value: bytes) -> None:
+        self._check()
+        self._write(lease, key, value, replace=True)
+
+    def _write(self, lease: Lease, key: str, value: bytes, *, replace: bool) -> None:
+        name = self._name(key)
         with self._shared.lock:
             owned = self._require_lease(lease)
-            tmp, fd = self._write_tmp(value)
+            bucket = self._bucket()
+            tmp, fd = self._write_tmp(bucket, value)
             try:
-                self._link(tmp, path, key)
+                self._publish(bucket, tmp, name, key, replace=replace)
             except BaseException:
                 _close(fd)
                 raise
             finally:
-                _unlink(tmp)
-            _close(owned.get(key, (path, None))[1])
-            owned[key] = (path, fd)
+                bucket.unlink(tmp)  # after link() both names remain; after rename() it is gone already
+            _close(owned.get(key, (name, None))[1])
+            owned[key] = (name, fd)
             self._shared.publish("put", key, value)
 
-    def _link(self, tmp: Path, path: Path, key: str) -> None:
-        """Publish ``tmp`` as ``path`` only if absent (a stale leftover counts as absent)."""
+    def _publish(self, bucket: _Dir, tmp: str, name: str, key: str, *, replace: bool) -> None:
+        """Give ``tmp`` its name; create-only unless ``replace`` (a stale leftover counts as absent)."""
+        if replace:
+            current = bucket.lstat(name)
+            if current is not None and not stat.S_ISREG(current.st_mode):
+                raise AlreadyRegistered(f"{key}: {bucket.path}/{name} is not a regular file; it is left alone")
         for attempt in range(2):
             try:
-                os.link(tmp, path)
+                bucket.publish(tmp, name, replace=replace)
                 return
             except FileExistsError:
-                if attempt or not self._reap(path, key):
-                    raise AlreadyRegistered(f"{key} is already registered (live file {path})") from None
+                if attempt or not self._reap(bucket, name, key):
+                    raise AlreadyRegistered(f"{key} is already registered (live file {bucket.path}/{name})") from None
             except OSError as exc:
-                raise _unavailable("publish", path, exc) from exc
+                raise _unavailable("publish", f"{bucket.path}/{name}", exc) from exc
 
-    def replace(self, lease: Lease, key: str, value: bytes) -> None:
-        self._check()
-        path = self._path(key)
-        with self._shared.lock:
-            owned = self._require_lease(lease)
-            tmp, fd = self._write_tmp(value)
-            try:
-                os.replace(tmp, path)
-            except OSError as exc:
-                _close(fd)
-                _unlink(tmp)
-                raise _unavailable("publish", path, exc) from exc
-            _close(owned.get(key, (path, None))[1])
-            owned[key] = (path, fd)
-            self._shared.publish("put", key, value)
-
-    def _write_tmp(self, value: bytes) -> tuple[Path, int]:
-        """Write ``value`` to a new ``.tmp_`` file; return it and a descriptor kept open on it."""
-        tmp = self.bucket / f"{TMP_PREFIX}{secrets.token_hex(8)}"
-        fd = _open_exclusive(tmp, "write")
-        if fd is None:  # 64 random bits collided: a name in use is not ours to touch
-            return self._write_tmp(value)
+    @staticmethod
+    def _write_tmp(bucket: _Dir, value: bytes) -> tuple[str, int]:
+        """Write ``value`` to a new ``.tmp_`` file; return its name and a descriptor kept open on it."""
+        while True:
+            tmp = f"{TMP_PREFIX}{secrets.token_hex(8)}"
+            fd = bucket.create(tmp)
+            if fd is not None:  # else 64 random bits collided: a name in use is not ours to touch
+                break
         try:
             _write_all(fd, value)
         except OSError as exc:
             _close(fd)
-            _unlink(tmp)
-            raise _unavailable("write", tmp, exc) from exc
+            bucket.unlink(tmp)
+            raise _unavailable("write", f"{bucket.path}/{tmp}", exc) from exc
         return tmp, fd
 
     def delete(self, lease: Lease, key: str) -> None:
         self._check()
-        path = self._path(key)
+        name = self._name(key)
         with self._shared.lock:
             owned = self._owned.get(lease.id, {})
             mine = owned.get(key)
+            bucket = self._bucket()
             # Only the file this lease wrote: after our lease was lost, a file of the same name may
             # belong to another Runtime that was granted the same instance id.
-            removed = mine is not None and _is_file(path, mine[1]) and _unlink(path)
+            held = bucket.holds(name, mine[1]) if mine is not None else None
+            removed = held is not None and bucket.unlink(name, held)
             owned.pop(key, None)  # after the unlink: if that failed, the key stays ours to retry
             if mine is not None:
                 _close(mine[1])
@@ -598,24 +844,23 @@ class FileBackend(Backend):
     def _refresh(self, prefix: str, known: Mapping[str, _Known]) -> dict[str, _Known]:
         """The files under ``prefix`` now, re-reading only those that changed since ``known``."""
         fresh: dict[str, _Known] = {}
-        for key, path, st in self._scan(prefix):
+        bucket = self._bucket()
+        for key, name, st in self._scan(prefix):
             signature = (st.st_ino, st.st_size, st.st_mtime_ns)
             old = known.get(key)
             if old is not None and old.signature == signature:
                 fresh[key] = old
                 continue
-            value = self._read(path)
+            value = self._read(bucket, name)
             if value is not None:
                 fresh[key] = _Known(signature, value)
         return fresh
 
-    def _read(self, path: Path) -> bytes | None:
+    def _read(self, bucket: _Dir, name: str) -> bytes | None:
         try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            return None  # deleted since the directory was listed: it is simply gone
-        except OSError as exc:
-            self._warn_once(path.name, f"file:// store: skipping unreadable {path}: {exc.strerror or exc}")
+            return bucket.read(name)
+        except _Skipped as why:
+            self._warn_once(name, f"file:// store: skipping {bucket.path}/{name}: {why}")
             return None
 
     def _scan(self, prefix: str) -> _Entries:
@@ -623,86 +868,86 @@ class FileBackend(Backend):
         relative = _relative_prefix(prefix)
         if relative is None:
             return []
+        bucket = self._bucket()
         try:
-            with os.scandir(self.bucket) as listing:
-                entries = list(listing)
+            names = bucket.names()
         except FileNotFoundError:
             return []  # the store was removed: it is empty
         except OSError as exc:
-            raise _unavailable("list", self.bucket, exc) from exc
+            raise _unavailable("list", bucket.path, exc) from exc
         now = time.time()
-        found = [self._examine(entry, relative, now) for entry in entries]
+        found = [self._examine(bucket, name, relative, now) for name in names]
         return [item for item in found if item is not None]
 
-    def _examine(self, entry: os.DirEntry[str], relative: str, now: float) -> _Entry | None:
-        name = entry.name
+    def _examine(self, bucket: _Dir, name: str, relative: str, now: float) -> _Entry | None:
         if name.startswith(TMP_PREFIX):
-            self._reap_tmp(entry, now)
+            self._reap_tmp(bucket, name, now)
             return None
         key_in_bucket = decode_name(name)
         if key_in_bucket is None:
-            self._warn_once(name, f"file:// store: ignoring {entry.path}: its name is not a %-encoded key")
+            self._warn_once(name, f"file:// store: ignoring {bucket.path}/{name}: its name is not a %-encoded key")
             return None
         if not key_in_bucket.startswith(relative):
             return None
-        key = f"{KEY_ROOT}/{key_in_bucket}"
+        key = f"{BUCKET}/{key_in_bucket}"
         try:
-            st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            return None
+            st = bucket.lstat(name)
         except OSError as exc:
-            self._warn_once(name, f"file:// store: skipping {entry.path}: {exc.strerror or exc}")
+            self._warn_once(name, f"file:// store: skipping {bucket.path}/{name}: {exc.strerror or exc}")
+            return None
+        if st is None:
             return None
         if not stat.S_ISREG(st.st_mode):
-            self._warn_once(name, f"file:// store: ignoring {entry.path}: not a regular file")
+            what = "a symbolic link (never followed)" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            self._warn_once(name, f"file:// store: ignoring {bucket.path}/{name}: {what}")
             return None
         if st.st_mtime + self.stale_after < now:
-            self._reap(Path(entry.path), key, st)
+            self._reap(bucket, name, key, st)
             return None
-        return key, Path(entry.path), st
+        return key, name, st
 
     # reaping ------------------------------------------------------------------------------
-    def _reap(self, path: Path, key: str | None, seen: os.stat_result | None = None) -> bool:
-        """Delete ``path`` if it is (still) stale; ``True`` if it is gone now."""
+    def _reap(self, directory: _Dir, name: str, key: str | None, seen: os.stat_result | None = None) -> bool:
+        """Delete the regular file ``name`` if it is (still) stale; ``True`` if it is gone now."""
         with self._shared.lock:
             try:
-                st = path.stat()
-            except FileNotFoundError:
-                return True
+                st = directory.lstat(name)
             except OSError:
                 return False
+            if st is None:
+                return True
             replaced = seen is not None and st.st_ino != seen.st_ino
             age = time.time() - st.st_mtime
-            if replaced or age <= self.stale_after:
+            if replaced or age <= self.stale_after or not stat.S_ISREG(st.st_mode):
                 return False
             try:
-                path.unlink()
-            except FileNotFoundError:
-                return True
-            except OSError as exc:
-                self._warn_once(path.name, f"file:// store: cannot delete stale {path}: {exc.strerror or exc}")
+                removed = directory.unlink(name, st)
+            except BackendUnavailable as exc:
+                self._warn_once(name, f"file:// store: cannot delete stale {directory.path}/{name}: {exc}")
+                return False
+            if not removed:
                 return False
             _log.info("file:// store: deleted %s, last touched %.1f s ago (stale after %.1f s)",
-                      key or path, age, self.stale_after)
+                      key or f"{directory.path}/{name}", age, self.stale_after)
             if key is not None:
                 self._shared.publish("delete", key)
             return True
 
-    def _reap_tmp(self, entry: os.DirEntry[str], now: float) -> None:
-        with contextlib.suppress(OSError):
-            if entry.stat(follow_symlinks=False).st_mtime + max(self.stale_after, _TMP_GRACE) < now:
-                os.unlink(entry.path)
+    def _reap_tmp(self, bucket: _Dir, name: str, now: float) -> None:
+        with contextlib.suppress(OSError, WaypostError):
+            st = bucket.lstat(name)
+            if st is not None and stat.S_ISREG(st.st_mode) and st.st_mtime + max(self.stale_after, _TMP_GRACE) < now:
+                bucket.unlink(name, st)
 
     def _reap_markers(self) -> None:
         try:
-            with os.scandir(self.lease_dir) as listing:
-                names = [entry.name for entry in listing]
-        except OSError:
+            leases = self._leases()
+            names = leases.names()
+        except (OSError, WaypostError):
             return
         for name in names:
-            with contextlib.suppress(ValueError):
-                int(name, 16)  # anything else is not ours to delete
-                self._reap(self.lease_dir / name, None)
+            if re.fullmatch(r"[0-9a-f]{1,16}", name):  # anything else is not ours to delete
+                self._reap(leases, name, None)
 
     def _reap_everything(self) -> None:
         """Delete every stale file, so readers that do not reap (older Dynamo) see the dead go."""
@@ -746,6 +991,7 @@ class FileBackend(Backend):
                 _close(fd)
             self._owned.clear()
             self._markers.clear()
+        self._tree.close()
 
 
 def _pick_watcher(choice: str) -> bool:
