@@ -90,11 +90,15 @@ def test_a_store_writable_by_others_is_refused(tmp_path: Path, mode: int, where:
         directory.mkdir(mode=0o700)
         directory.chmod(0o700)  # whatever the umask
     (root / where).chmod(mode)
+    if mode & 0o020 and not mode & 0o002:  # group-writable is refused unless the group is the user alone
+        if os.geteuid() != 0:
+            pytest.skip("giving the directory a shared group needs root")
+        os.chown(root / where, -1, 65534)
     with pytest.raises(waypost.ConfigError) as caught:
         waypost.connect(f"file://{root}", ttl=1.0)
     message = str(caught.value)
     assert str(root / where).rstrip("/") in message
-    assert f"{stat.S_IMODE(mode):04o}" in message and "chmod go-w" in message
+    assert f"{stat.S_IMODE(mode):04o}" in message and f"chmod -R go-w {root / where}".rstrip("/") in message
     assert "group" in message if mode & 0o020 else "others" in message
 
 
@@ -174,3 +178,103 @@ def _within(seconds: float, call: object) -> object:
     worker.join(seconds)
     assert not worker.is_alive(), f"{call} blocked for more than {seconds} s"
     return result[0]
+
+
+def test_a_refused_reopen_leaves_no_descriptor_behind_to_be_reused(tmp_path: Path, decoy: Path) -> None:
+    """After a store directory is refused, whatever directory the process opens next is never taken for it."""
+    root = tmp_path / "store"
+    victim = tmp_path / "app-data"
+    victim.mkdir(mode=0o700)
+    for n in range(20):
+        (victim / encode_name(f"ns/c/e/{n + 1:x}")).write_bytes(b"app data")
+        os.utime(victim / encode_name(f"ns/c/e/{n + 1:x}"), (LONG_AGO, LONG_AGO))
+    before = snapshot(victim)
+    with waypost.connect(f"file://{root}", ttl=1.0) as rt:
+        shutil.rmtree(root / "v1" / "instances")
+        (root / "v1" / "instances").symlink_to(decoy)
+        with pytest.raises(waypost.ConfigError, match="symbolic link"):
+            rt.list_instances()
+        opened = [os.open(victim, os.O_RDONLY | os.O_DIRECTORY) for _ in range(8)]  # reuse freed numbers
+        try:
+            with pytest.raises(waypost.ConfigError, match="symbolic link"):
+                rt.list_instances()
+        finally:
+            for fd in opened:
+                os.close(fd)
+    assert snapshot(victim) == before
+
+
+def test_a_renamed_store_is_left_for_the_one_now_at_its_path(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    with waypost.connect(f"file://{root}", ttl=10.0) as old, old.watch():
+        old.namespace("ns").component("c").endpoint("e").register(waypost.TransportType.tcp("h:1"))
+        root.rename(tmp_path / "store.old")
+        with waypost.connect(f"file://{root}", ttl=10.0) as new:
+            reg = new.namespace("ns").component("c").endpoint("e").register(waypost.TransportType.tcp("h:2"))
+            assert old.list_instances() == [reg.instance]  # both Runtimes use the store at that path
+
+
+def test_a_store_made_writable_by_others_after_connect_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    with waypost.connect(f"file://{root}", ttl=10.0) as rt:
+        assert rt.list_instances() == []
+        (root / "v1" / "instances").chmod(0o777)
+        with pytest.raises(waypost.ConfigError, match="writable by group and others"):
+            rt.list_instances()
+
+
+def test_files_owned_by_another_user_are_never_read_as_instances(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("creating a file owned by another user needs root")
+    root = tmp_path / "store"
+    with caplog.at_level(logging.WARNING, logger="waypost"), waypost.connect(f"file://{root}", ttl=10.0) as rt:
+        planted = root / "v1" / "instances" / DYNAMO_NAME
+        planted.write_bytes(DYNAMO_VALUE)
+        os.chown(planted, 65534, 65534)
+        assert rt.list_instances() == []
+        with rt.watch() as watch:
+            assert watch.instances == []
+    assert any("owned by uid 65534" in r.getMessage() for r in caplog.records)
+
+
+def test_a_group_writable_store_is_accepted_only_for_a_private_group(tmp_path: Path) -> None:
+    """Dynamo under umask 002 makes 0775 directories: fine when the group is the user alone."""
+    root = tmp_path / "store"
+    root.mkdir(mode=0o700)
+    root.chmod(0o775)
+    if file_backend._private_group(os.getegid()):
+        os.chown(root, -1, os.getegid())
+        with waypost.connect(f"file://{root}", ttl=10.0) as rt:
+            assert rt.list_instances() == []
+    if os.geteuid() == 0:  # a shared group: refused
+        os.chown(root, -1, 65534)
+        with pytest.raises(waypost.ConfigError, match="writable by group"):
+            waypost.connect(f"file://{root}", ttl=10.0)
+
+
+def test_the_filesystem_root_is_never_a_store() -> None:
+    with pytest.raises(waypost.ConfigError, match="refusing / as the store"):
+        waypost.connect("file:///", ttl=10.0)
+
+
+def test_dot_dot_after_a_linked_parent_is_resolved_by_the_kernel(tmp_path: Path) -> None:
+    (tmp_path / "real" / "deep").mkdir(mode=0o700, parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "deep")
+    with waypost.connect(f"file://{tmp_path}/link/../store", ttl=10.0) as rt:
+        rt.namespace("ns").component("c").endpoint("e").register(waypost.TransportType.tcp("h:1"))
+        assert (tmp_path / "real" / "store" / "v1" / "instances").is_dir()  # as Dynamo and the shell see it
+
+
+def test_every_untrusted_directory_is_named_in_one_error(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    for directory in (root, root / "v1", root / "v1" / "instances", root / ".waypost", root / ".waypost" / "leases"):
+        directory.mkdir(mode=0o700)
+        directory.chmod(0o700)
+    (root / "v1" / "instances").chmod(0o777)
+    (root / ".waypost" / "leases").chmod(0o777)
+    with pytest.raises(waypost.ConfigError) as caught:
+        waypost.connect(f"file://{root}", ttl=10.0)
+    assert str(root / "v1" / "instances") in str(caught.value)
+    assert str(root / ".waypost" / "leases") in str(caught.value)

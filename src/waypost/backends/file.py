@@ -121,6 +121,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import grp
 import importlib.util
 import json
 import logging
@@ -134,7 +136,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -168,6 +170,7 @@ _log = logging.getLogger("waypost")
 TMP_PREFIX = ".tmp_"
 BUCKET = KEY_ROOT  # the instances bucket, relative to the root
 LEASE_DIR = ".waypost/leases"
+_STORE_DIRS = ("", "v1", BUCKET, ".waypost", LEASE_DIR)
 #: Largest file the backend reads; a bigger one is skipped with a warning.
 MAX_VALUE_BYTES = 4 * 1024 * 1024
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
@@ -232,32 +235,52 @@ def _owner(uid: int) -> str:
         return f"uid {uid}"
 
 
-def _writers(mode: int) -> str:
-    return " and ".join(who for who, bit in (("group", 0o020), ("others", 0o002)) if mode & bit)
+@functools.lru_cache(maxsize=16)
+def _private_group(gid: int) -> bool:
+    """Is ``gid`` this user's own group, with nobody else in it (a user-private group)?
+
+    Dynamo creates its directories with the umask's mode, and under the
+    common umask 002 of user-private-group systems they are group-writable:
+    harmless when the group is the user alone (OpenSSH's rule, too).
+    """
+    try:
+        user = pwd.getpwuid(os.geteuid())
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return False
+    return gid == user.pw_gid and group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name}
+
+
+def _distrust(st: os.stat_result, path: str) -> str | None:
+    """Why a store directory with this status cannot be trusted, or ``None``."""
+    if st.st_uid != os.geteuid():
+        return (f"is owned by {_owner(st.st_uid)}, not by this user ({_owner(os.geteuid())}): its owner could "
+                "announce or delete instances; use a directory you own (file:///path or DYN_FILE_KV)")
+    writers = [who for who, bit in (("group", 0o020), ("others", 0o002)) if st.st_mode & bit]
+    if writers == ["group"] and _private_group(st.st_gid):
+        writers = []
+    if writers:
+        return (f"is writable by {' and '.join(writers)} (mode {stat.S_IMODE(st.st_mode):04o}): other users could "
+                f"announce or delete instances; run `chmod -R go-w {path}` and remove files you do not own "
+                "there, or use a new directory")
+    return None
 
 
 def _check_trusted(fd: int, path: str) -> None:
     """Refuse a store directory another user could write to (closing ``fd`` first)."""
-    st = os.fstat(fd)
-    problem = None
-    if st.st_uid != os.geteuid():
-        problem = (f"is owned by {_owner(st.st_uid)}, not by this user ({_owner(os.geteuid())}): its owner could "
-                   f"announce or delete instances; use a directory you own (file:///path or DYN_FILE_KV)")
-    elif st.st_mode & 0o022:
-        problem = (f"is writable by {_writers(st.st_mode)} (mode {stat.S_IMODE(st.st_mode):04o}): other users "
-                   f"could announce or delete instances; run `chmod go-w {path}` or use another directory")
+    problem = _distrust(os.fstat(fd), path)
     if problem is not None:
         os.close(fd)
         raise ConfigError(f"file:// store: refusing {path}: it {problem}")
 
 
-def _open_dir(parent_fd: int | None, name: str, path: str) -> int:
+def _open_dir(parent_fd: int, name: str, path: str) -> int:
     """Open (creating it ``0700`` if missing) the directory ``name`` without following a link."""
     for attempt in range(2):
         try:
-            fd = os.open(name, _DIR_FLAGS) if parent_fd is None else os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         except FileNotFoundError:
-            if attempt or parent_fd is None:
+            if attempt:
                 raise ConfigError(f"file:// store: {path} vanished while it was being opened") from None
             try:
                 os.mkdir(name, _DIR_MODE, dir_fd=parent_fd)
@@ -276,24 +299,37 @@ def _open_dir(parent_fd: int | None, name: str, path: str) -> int:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _wrong_dir(parent_fd: int | None, name: str, path: str, exc: OSError) -> WaypostError:
+def _wrong_dir(parent_fd: int, name: str, path: str, exc: OSError) -> WaypostError:
     try:
-        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        st: os.stat_result | None = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
     except OSError:
         st = None
     if st is not None and stat.S_ISLNK(st.st_mode):
-        return ConfigError(f"file:// store: refusing {path}: it is a symbolic link, and the store never follows "
-                           "links (another user could point it anywhere); remove it or choose another directory")
+        target = os.readlink(name, dir_fd=parent_fd)
+        return ConfigError(f"file:// store: refusing {path}: it is a symbolic link (to {target}, owned by "
+                           f"{_owner(st.st_uid)}), and the store never follows links (another user could point it "
+                           "anywhere); remove it, or name the directory itself")
     if (st is not None and not stat.S_ISDIR(st.st_mode)) or exc.errno == errno.ENOTDIR:
-        return ConfigError(f"file:// store: {path} is not a directory")
+        return ConfigError(f"file:// store: {path} is not a directory; remove it or choose another path")
     if isinstance(exc, PermissionError):
-        return ConfigError(f"file:// store: cannot open {path}: permission denied")
+        found = "" if st is None else (f" (owned by {_owner(st.st_uid)}, mode {stat.S_IMODE(st.st_mode):04o})")
+        return ConfigError(f"file:// store: cannot open {path}: permission denied{found}; "
+                           "use a directory you own (file:///path or DYN_FILE_KV)")
     return _unavailable("open", path, exc)
+
+
+def _absolute(root: str) -> str:
+    """``root`` made absolute without resolving ``..`` lexically (the kernel resolves it, as Dynamo's does)."""
+    path = root if os.path.isabs(root) else os.path.join(os.getcwd(), root)
+    return path.rstrip("/") or "/"
 
 
 def _open_root(root: str) -> int:
     """The root directory: its parents resolved as usual (created ``0700``), the root itself never a link."""
-    parent, name = os.path.split(root.rstrip("/") or "/")
+    parent, name = os.path.split(root)
+    if root == "/" or not name:
+        raise ConfigError("file:// store: refusing / as the store: name a directory of its own, e.g. "
+                          "file:///tmp/discovery")
     missing = []
     ancestor = parent
     while ancestor and not os.path.lexists(ancestor):
@@ -310,28 +346,43 @@ def _open_root(root: str) -> int:
                               "choose a writable directory (file:///path or DYN_FILE_KV)") from None
         except OSError as exc:
             raise _unavailable("create", directory, exc) from exc
-    if not name:  # the root is "/" itself
-        return _open_dir(None, "/", "/")
     try:
-        parent_fd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except NotADirectoryError:
         raise ConfigError(f"file:// store: {root} or one of its parents is a file, not a directory") from None
     except PermissionError:
         raise ConfigError(f"file:// store: cannot open {parent}: permission denied") from None
     except OSError as exc:
-        raise _unavailable("open", parent, exc) from exc
+        raise ConfigError(f"file:// store: cannot open {parent}: {exc.strerror or exc} (a dangling link?)") from None
     try:
+        _warn_if_replaceable(parent)
         return _open_dir(parent_fd, name, root)
     finally:
         os.close(parent_fd)
 
 
+@functools.lru_cache(maxsize=64)
+def _warn_if_replaceable(parent: str) -> None:
+    """Warn (once) when another user could rename the store away: a parent writable by others, not sticky."""
+    directory = os.path.realpath(parent)
+    while True:
+        with contextlib.suppress(OSError):
+            st = os.stat(directory)
+            if st.st_mode & 0o002 and not st.st_mode & stat.S_ISVTX:
+                _log.warning("file:// store: %s is writable by others without the sticky bit: another user could "
+                             "replace the store below it", directory)
+                return
+        if directory == "/":
+            return
+        directory = os.path.dirname(directory)
+
+
 class _Dir:
     """One directory of the store, held open: every file operation in it names a file relative to it.
 
-    Nothing here follows a symbolic link, and only regular files are read,
-    touched or deleted, so whatever another process swaps in, nothing outside
-    the store is affected.
+    Nothing here follows a symbolic link, and only regular files this user
+    owns are read, and only regular files are touched or deleted, so whatever
+    another process swaps in, nothing outside the store is affected.
     """
 
     __slots__ = ("fd", "path")
@@ -339,13 +390,6 @@ class _Dir:
     def __init__(self, fd: int, path: str) -> None:
         self.fd = fd
         self.path = path
-
-    def alive(self) -> bool:
-        """False once the directory was removed (it has no name left)."""
-        try:
-            return os.fstat(self.fd).st_nlink > 0
-        except OSError:
-            return False
 
     def names(self) -> list[str]:
         # A descriptor of its own: its read position is not shared with scans in other threads.
@@ -370,12 +414,14 @@ class _Dir:
             return None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise _Skipped("it is a symbolic link") from None
+                raise _Skipped("it is a symbolic link (never followed)") from None
             raise _Skipped(exc.strerror or str(exc)) from None
         try:
             st = os.fstat(fd)  # the file actually opened, not what a listing saw a moment ago
             if not stat.S_ISREG(st.st_mode):
                 raise _Skipped("not a regular file")
+            if st.st_uid != os.geteuid():
+                raise _Skipped(f"owned by {_owner(st.st_uid)}, not by this user")
             if st.st_size > MAX_VALUE_BYTES:
                 raise _Skipped(f"{st.st_size} bytes, more than the {MAX_VALUE_BYTES} a value may have")
             chunks = []
@@ -434,10 +480,10 @@ class _Dir:
 
     def touch_if_held(self, name: str, fd: int | None) -> bool:
         """Refresh the mtime of our file ``name`` (through its descriptor); ``False`` if it is not ours any more."""
-        if self.holds(name, fd) is None:
+        if fd is None or self.holds(name, fd) is None:
             return False
         try:
-            os.utime(fd)  # type: ignore[arg-type]  # futimens: the file itself, whatever its name points to
+            os.utime(fd)  # futimens: the file itself, whatever its name points to by now
         except OSError as exc:
             raise _unavailable("touch", f"{self.path}/{name}", exc) from exc
         return True
@@ -454,56 +500,99 @@ class _Dir:
         return st.st_dev, st.st_ino
 
     def close(self) -> None:
-        _close(self.fd)
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            _close(fd)
 
 
 class _Tree:
-    """The store's directories by path relative to the root, opened on first use and reopened if removed."""
+    """The store's directories by path relative to the root, checked on every use.
+
+    ``using(...)`` hands out open directories after checking that each is
+    still the directory of that name, not removed, renamed or replaced, and
+    still trusted; a directory that is not is opened again by name (and
+    checked again: a link or foreign directory put in its place is refused).
+    A replaced descriptor is closed only once no operation uses it any more,
+    so a descriptor number is never reused under a running operation.
+    """
 
     def __init__(self, root: str) -> None:
         self.root = root
         self._lock = threading.Lock()
         self._dirs: dict[str, _Dir] = {}
-        self.identity = self._root().identity()
+        self._retired: list[_Dir] = []  # replaced directories, closed once nobody uses them
+        self._users = 0
+        self._closed = False
+        with self.using("") as (root_dir,):
+            self.identity = root_dir.identity()
 
-    def _root(self) -> _Dir:
-        return self.dir("")
-
-    def dir(self, relative: str) -> _Dir:
-        """The directory ``relative`` (``""`` is the root), created ``0700`` and checked when opened."""
+    @contextlib.contextmanager
+    def using(self, *relatives: str) -> Iterator[tuple[_Dir, ...]]:
+        """The directories ``relatives`` (``""`` is the root), valid for the duration of the block."""
         with self._lock:
-            cached = self._dirs.get(relative)
-            if cached is not None and cached.alive():
-                return cached
-            return self._open(relative)
+            if self._closed:
+                raise Closed(f"file://{self.root} backend is closed")
+            dirs = tuple(self._valid(relative) for relative in relatives)
+            self._users += 1
+        try:
+            yield dirs
+        finally:
+            with self._lock:
+                self._users -= 1
+                self._close_retired()
 
-    def _open(self, relative: str) -> _Dir:
-        # Walk down from the root, reopening whatever was removed (someone ran rm -rf on the store).
-        root = self._dirs.get("")
-        if root is None or not root.alive():
-            self._drop_all()
-            root = self._dirs[""] = _Dir(_open_root(self.root), self.root)
-        current, walked = root, ""
-        for part in filter(None, relative.split("/")):
-            walked = f"{walked}/{part}" if walked else part
+    def check(self, relatives: Iterable[str]) -> None:
+        """Open every directory in ``relatives``; one :class:`ConfigError` naming every problem found."""
+        problems = []
+        for relative in relatives:
+            try:
+                with self.using(relative):
+                    pass
+            except ConfigError as exc:
+                problems.append(str(exc).removeprefix("file:// store: "))
+        if problems:
+            raise ConfigError("file:// store: " + "; ".join(dict.fromkeys(problems)))
+
+    def _valid(self, relative: str) -> _Dir:
+        parent: _Dir | None = None
+        walked = ""
+        for part in ("", *filter(None, relative.split("/"))):
+            walked = f"{walked}/{part}".strip("/")
             cached = self._dirs.get(walked)
-            if cached is None or not cached.alive():
-                if cached is not None:
-                    cached.close()
-                cached = self._dirs[walked] = _Dir(_open_dir(current.fd, part, f"{self.root}/{walked}"),
-                                                   f"{self.root}/{walked}")
-            current = cached
-        return current
+            if cached is not None and not self._still_valid(cached, parent, part):
+                self._retire(walked)
+                cached = None
+            if cached is None:
+                path = f"{self.root}/{walked}" if walked else self.root
+                fd = _open_root(self.root) if parent is None else _open_dir(parent.fd, part, path)
+                cached = self._dirs[walked] = _Dir(fd, path)
+            parent = cached
+        assert parent is not None
+        return parent
 
-    def _drop_all(self) -> None:
-        for directory in self._dirs.values():
-            directory.close()
-        self._dirs.clear()
+    def _still_valid(self, directory: _Dir, parent: _Dir | None, name: str) -> bool:
+        try:
+            st = os.fstat(directory.fd)
+            named = os.lstat(self.root) if parent is None else os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        except OSError:
+            return False
+        return st.st_nlink > 0 and (named.st_dev, named.st_ino) == (st.st_dev, st.st_ino) and _distrust(st, directory.path) is None
+
+    def _retire(self, relative: str) -> None:
+        self._retired.append(self._dirs.pop(relative))
+        self._close_retired()
+
+    def _close_retired(self) -> None:
+        if not self._users:
+            for directory in self._retired:
+                directory.close()
+            self._retired.clear()
 
     def close(self) -> None:
         with self._lock:
-            self._drop_all()
-
+            self._closed = True
+            for relative in list(self._dirs):
+                self._retire(relative)
 
 
 def _close(fd: int | None) -> None:
@@ -585,13 +674,14 @@ class FileBackend(Backend):
         self.root = root
         self.bucket = root.joinpath(*BUCKET.split("/"))
         self.use_inotify = _pick_watcher(watcher)
-        self._tree = _Tree(os.path.abspath(root))
+        self._tree = _Tree(_absolute(str(root)))
         try:
-            for relative in (BUCKET, LEASE_DIR):
-                directory = self._tree.dir(relative)
-                if not os.access(".", os.W_OK | os.X_OK, dir_fd=directory.fd):
-                    raise ConfigError(f"file:// store: {directory.path} is not writable by this user (uid "
-                                      f"{os.geteuid()}); choose a writable directory (file:///path or DYN_FILE_KV)")
+            self._tree.check(_STORE_DIRS)
+            with self._tree.using(BUCKET, LEASE_DIR) as dirs:
+                for directory in dirs:
+                    if not os.access(".", os.W_OK | os.X_OK, dir_fd=directory.fd):
+                        raise ConfigError(f"file:// store: {directory.path} is not writable by this user (uid "
+                                          f"{os.geteuid()}); choose a writable directory (file:///path or DYN_FILE_KV)")
         except BaseException:
             self._tree.close()
             raise
@@ -641,12 +731,6 @@ class FileBackend(Backend):
                               f"{len(name)} bytes (at most {_MAX_NAME})")
         return name
 
-    def _bucket(self) -> _Dir:
-        return self._tree.dir(BUCKET)
-
-    def _leases(self) -> _Dir:
-        return self._tree.dir(LEASE_DIR)
-
     def _warn_once(self, name: str, message: str) -> None:
         if name not in self._warned:
             self._warned.add(name)
@@ -672,8 +756,7 @@ class FileBackend(Backend):
     def _claim(self, lease_id: int, check_files: bool) -> bool:
         """Create (or, for our own lost lease, refresh) the lease file of ``lease_id``."""
         name = f"{lease_id:x}"
-        with self._shared.lock:
-            leases = self._leases()
+        with self._shared.lock, self._tree.using(LEASE_DIR) as (leases,):
             old = self._markers.get(lease_id)
             if lease_id in self._owned and leases.touch_if_held(name, old):
                 return True  # our own lease, lost and re-granted: its lease file is still ours
@@ -706,17 +789,16 @@ class FileBackend(Backend):
     def _fresh_files_of(self, lease_id: int, mine: Mapping[str, _Mine]) -> bool:
         """Are there live instance files of ``lease_id`` that this backend did not write?"""
         suffix = f"/{lease_id:x}"
-        bucket = self._bucket()
-        return any(key.endswith(suffix) and not (key in mine and bucket.holds(name, mine[key][1]))
-                   for key, name, _ in self._scan(""))
+        with self._tree.using(BUCKET) as (bucket,):
+            return any(key.endswith(suffix) and not (key in mine and bucket.holds(name, mine[key][1]))
+                       for key, name, _ in self._scan(bucket, ""))
 
     def keep_alive(self, lease: Lease) -> None:
         self._check()
-        with self._shared.lock:
+        with self._shared.lock, self._tree.using(LEASE_DIR, BUCKET) as (leases, bucket):
             owned = self._owned.get(lease.id)
             if owned is None:
                 raise LeaseLost(f"file:// lease {lease.id:x} was revoked")
-            leases, bucket = self._leases(), self._bucket()
             marker = f"{lease.id:x}"
             missing = [] if leases.touch_if_held(marker, self._markers.get(lease.id)) else [f"{leases.path}/{marker}"]
             missing += [f"{bucket.path}/{name}" for name, fd in owned.values() if not bucket.touch_if_held(name, fd)]
@@ -727,38 +809,42 @@ class FileBackend(Backend):
 
     def revoke_lease(self, lease_id: int) -> None:
         self._check()
-        suffix = f"/{lease_id:x}"
-        marker = f"{lease_id:x}"
         with self._shared.lock:
             mine = self._owned.pop(lease_id, None)
             marker_fd = self._markers.pop(lease_id, None)
             try:
-                leases, bucket = self._leases(), self._bucket()
-                if mine is not None and leases.holds(marker, marker_fd) is None:
-                    # We lost this lease and another Runtime may hold the id now: only our own files go.
-                    for key, (name, fd) in sorted(mine.items()):
-                        held = bucket.holds(name, fd)
-                        if held is not None and bucket.unlink(name, held):
-                            self._shared.publish("delete", key)
-                    return
-                doomed = {key: name for key, name, _ in self._scan("") if key.endswith(suffix)}
-                doomed.update({key: name for key, (name, _) in (mine or {}).items()})
-                for key, name in sorted(doomed.items()):
-                    if bucket.unlink(name):
-                        self._shared.publish("delete", key)
-                leases.unlink(marker)
+                with self._tree.using(LEASE_DIR, BUCKET) as (leases, bucket):
+                    self._revoke(lease_id, mine, marker_fd, leases, bucket)
             finally:
                 _close(marker_fd)
                 for _, fd in (mine or {}).values():
                     _close(fd)
 
+    def _revoke(self, lease_id: int, mine: Mapping[str, _Mine] | None, marker_fd: int | None, leases: _Dir,
+                bucket: _Dir) -> None:
+        marker = f"{lease_id:x}"
+        if mine is not None and leases.holds(marker, marker_fd) is None:
+            # We lost this lease and another Runtime may hold the id now: only our own files go.
+            for key, (name, fd) in sorted(mine.items()):
+                held = bucket.holds(name, fd)
+                if held is not None and bucket.unlink(name, held):
+                    self._shared.publish("delete", key)
+            return
+        doomed = {key: name for key, name, _ in self._scan(bucket, "") if key.endswith(f"/{marker}")}
+        doomed.update({key: name for key, (name, _) in (mine or {}).items()})
+        for key, name in sorted(doomed.items()):
+            if bucket.unlink(name):
+                self._shared.publish("delete", key)
+        leases.unlink(marker)
+
     def _require_lease(self, lease: Lease) -> dict[str, _Mine]:
         owned = self._owned.get(lease.id)
         if owned is None:
             raise LeaseLost(f"file:// lease {lease.id:x} was revoked")
-        leases = self._leases()
-        if leases.holds(f"{lease.id:x}", self._markers.get(lease.id)) is None:
-            raise LeaseLost(f"file:// lease {lease.id:x} is gone: {leases.path}/{lease.id:x} was removed or replaced")
+        with self._tree.using(LEASE_DIR) as (leases,):
+            if leases.holds(f"{lease.id:x}", self._markers.get(lease.id)) is None:
+                raise LeaseLost(f"file:// lease {lease.id:x} is gone: {leases.path}/{lease.id:x} was removed "
+                                "or replaced")
         return owned
 
     # writing ----------------------------------------------------------------------------
@@ -772,9 +858,8 @@ class FileBackend(Backend):
 
     def _write(self, lease: Lease, key: str, value: bytes, *, replace: bool) -> None:
         name = self._name(key)
-        with self._shared.lock:
+        with self._shared.lock, self._tree.using(BUCKET) as (bucket,):
             owned = self._require_lease(lease)
-            bucket = self._bucket()
             tmp, fd = self._write_tmp(bucket, value)
             try:
                 self._publish(bucket, tmp, name, key, replace=replace)
@@ -822,10 +907,9 @@ class FileBackend(Backend):
     def delete(self, lease: Lease, key: str) -> None:
         self._check()
         name = self._name(key)
-        with self._shared.lock:
+        with self._shared.lock, self._tree.using(BUCKET) as (bucket,):
             owned = self._owned.get(lease.id, {})
             mine = owned.get(key)
-            bucket = self._bucket()
             # Only the file this lease wrote: after our lease was lost, a file of the same name may
             # belong to another Runtime that was granted the same instance id.
             held = bucket.holds(name, mine[1]) if mine is not None else None
@@ -844,16 +928,16 @@ class FileBackend(Backend):
     def _refresh(self, prefix: str, known: Mapping[str, _Known]) -> dict[str, _Known]:
         """The files under ``prefix`` now, re-reading only those that changed since ``known``."""
         fresh: dict[str, _Known] = {}
-        bucket = self._bucket()
-        for key, name, st in self._scan(prefix):
-            signature = (st.st_ino, st.st_size, st.st_mtime_ns)
-            old = known.get(key)
-            if old is not None and old.signature == signature:
-                fresh[key] = old
-                continue
-            value = self._read(bucket, name)
-            if value is not None:
-                fresh[key] = _Known(signature, value)
+        with self._tree.using(BUCKET) as (bucket,):
+            for key, name, st in self._scan(bucket, prefix):
+                signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+                old = known.get(key)
+                if old is not None and old.signature == signature:
+                    fresh[key] = old
+                    continue
+                value = self._read(bucket, name)
+                if value is not None:
+                    fresh[key] = _Known(signature, value)
         return fresh
 
     def _read(self, bucket: _Dir, name: str) -> bytes | None:
@@ -863,12 +947,11 @@ class FileBackend(Backend):
             self._warn_once(name, f"file:// store: skipping {bucket.path}/{name}: {why}")
             return None
 
-    def _scan(self, prefix: str) -> _Entries:
+    def _scan(self, bucket: _Dir, prefix: str) -> _Entries:
         """One listing of the bucket: live instance files under ``prefix``; stale ones are reaped."""
         relative = _relative_prefix(prefix)
         if relative is None:
             return []
-        bucket = self._bucket()
         try:
             names = bucket.names()
         except FileNotFoundError:
@@ -903,6 +986,10 @@ class FileBackend(Backend):
             return None
         if st.st_mtime + self.stale_after < now:
             self._reap(bucket, name, key, st)
+            return None
+        if st.st_uid != os.geteuid():
+            self._warn_once(name, f"file:// store: ignoring {bucket.path}/{name}: owned by {_owner(st.st_uid)}, "
+                                  "not by this user")
             return None
         return key, name, st
 
@@ -940,19 +1027,16 @@ class FileBackend(Backend):
                 bucket.unlink(name, st)
 
     def _reap_markers(self) -> None:
-        try:
-            leases = self._leases()
-            names = leases.names()
-        except (OSError, WaypostError):
-            return
-        for name in names:
-            if re.fullmatch(r"[0-9a-f]{1,16}", name):  # anything else is not ours to delete
-                self._reap(leases, name, None)
+        with contextlib.suppress(OSError, WaypostError), self._tree.using(LEASE_DIR) as (leases,):
+            for name in leases.names():
+                if re.fullmatch(r"[0-9a-f]{1,16}", name):  # anything else is not ours to delete
+                    self._reap(leases, name, None)
 
     def _reap_everything(self) -> None:
         """Delete every stale file, so readers that do not reap (older Dynamo) see the dead go."""
         try:
-            self._scan("")
+            with self._tree.using(BUCKET) as (bucket,):
+                self._scan(bucket, "")
             self._reap_markers()
         except WaypostError as exc:
             _log.debug("file:// store: reaping failed: %s", exc)
