@@ -1,6 +1,6 @@
 """The Redis backend on a real Redis 7: layout, options, leases, watch history and faults.
 
-No mocks: a real server (``tests/servers.py``), real child processes, and a
+No mocks: a real server (``tests/servers/``), real child processes, and a
 small loopback TCP proxy that counts the commands a client sends (to prove
 "one round trip") and can cut a client off the server (to fake a network
 partition for one watcher only).
