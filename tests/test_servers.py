@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import ssl
+import tempfile
 
 import pytest
 
@@ -86,6 +87,15 @@ def test_missing_binaries_give_clear_error(tmp_path, monkeypatch):
         S.RedisServer()
     with pytest.raises(S.ServerBinaryMissing):
         S.ConsulServer()
+
+
+def test_bad_arguments_leave_no_temp_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(ValueError, match="needs tls"):
+        S.EtcdServer(client_cert_auth=True)
+    with pytest.raises(ValueError, match="acl_user"):
+        S.RedisServer(acl_user=("user", "pw"))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_free_port_is_loopback_and_distinct():

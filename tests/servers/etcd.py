@@ -59,11 +59,12 @@ class EtcdServer(_Server):
     ):
         if version not in _ETCD_BINARIES:
             raise ValueError(f"etcd version must be one of {sorted(_ETCD_BINARIES)}, not {version!r}")
+        if client_cert_auth and tls is None:
+            raise ValueError("client_cert_auth needs tls")
+        # Arguments checked first: nothing (temp dir, process) exists yet to leak.
         super().__init__(
             _ETCD_BINARIES[version], tls=tls, workdir=workdir, start_timeout=start_timeout, process_name=f"etcd-{name}"
         )
-        if client_cert_auth and tls is None:
-            raise ValueError("client_cert_auth needs tls")
         self.version = version
         self.client_cert_auth = client_cert_auth
         self.name = name

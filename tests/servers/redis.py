@@ -61,11 +61,12 @@ class RedisServer(_Server):
         extra_config: str = "",
         start_timeout: float = DEFAULT_START_TIMEOUT,
     ):
+        if acl_user and len(acl_user) != 3:
+            raise ValueError("acl_user must be (user, password, key-pattern)")
+        # Arguments checked first: nothing (temp dir, process) exists yet to leak.
         super().__init__("redis-server", tls=tls, start_timeout=start_timeout)
         self.password = password
         self.acl_user = tuple(acl_user) if acl_user else None
-        if self.acl_user is not None and len(self.acl_user) != 3:
-            raise ValueError("acl_user must be (user, password, key-pattern)")
         self.client_cert_auth = client_cert_auth
         self.acl_commands = acl_commands
         self.extra_config = extra_config
