@@ -378,6 +378,23 @@ def test_atexit_cleans_up_processes():
             time.sleep(0.05)
 
 
+def test_atexit_removes_temp_dirs():
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys; sys.path.insert(0, {TESTS_DIR!r})\n"
+        "import servers as S\n"
+        "r = S.RedisServer().start(); c = S.EtcdCluster(1).start(); idle = S.RedisServer()\n"
+        "print(r.workdir, c.workdir, idle.workdir)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    dirs = out.stdout.split()
+    assert len(dirs) == 3
+    assert [d for d in dirs if os.path.exists(d)] == []
+
+
 def test_servers_die_with_a_killed_parent():
     """No atexit when the test process is SIGKILLed: PDEATHSIG must do it."""
     import signal

@@ -96,20 +96,33 @@ def _tail(path: Path, n: int = 40) -> str:
 
 
 # ---------------------------------------------------------------------------
-# process registry: nothing is left behind
+# registry: nothing is left behind
 # ---------------------------------------------------------------------------
 
 _SETPRIV = shutil.which("setpriv") if os.uname().sysname == "Linux" else None
-_live: set[_Process] = set()  # strong refs: atexit must see every process
+# Every process, server and cluster not closed yet (strong refs: atexit must see
+# each one): closing a server also removes its temp dir.
+_live: set = set()
 _live_lock = threading.Lock()
+
+
+def _track(obj) -> None:
+    """Have ``obj.close()`` called at exit unless ``_untrack(obj)`` is called first."""
+    with _live_lock:
+        _live.add(obj)
+
+
+def _untrack(obj) -> None:
+    with _live_lock:
+        _live.discard(obj)
 
 
 def _cleanup_all() -> None:
     with _live_lock:
-        procs = list(_live)
-    for p in procs:
+        objs = list(_live)
+    for obj in objs:  # any order: every close() is idempotent
         with contextlib.suppress(Exception):
-            p.close()
+            obj.close()
 
 
 atexit.register(_cleanup_all)
@@ -124,8 +137,7 @@ class _Process:
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
         self.paused = False
-        with _live_lock:
-            _live.add(self)
+        _track(self)
 
     @property
     def running(self) -> bool:
@@ -245,8 +257,7 @@ class _Process:
     def close(self) -> None:
         # The temp dir goes away with it, so nothing needs a graceful stop.
         self.kill()
-        with _live_lock:
-            _live.discard(self)
+        _untrack(self)
 
     def tail(self, n: int = 40) -> str:
         return _tail(self.log_path, n)
@@ -361,6 +372,7 @@ class _Server:
         self._process = _Process(process_name or self.kind, self.workdir)
         self._closed = False
         self._started_once = False
+        _track(self)
 
     # -- to implement -------------------------------------------------------
     def _pick_ports(self) -> None:
@@ -468,6 +480,7 @@ class _Server:
         self._process.close()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        _untrack(self)
 
     def __enter__(self):
         return self.start()

@@ -189,6 +189,7 @@ class EtcdCluster:
         self.members: list[EtcdServer] = []
         self._closed = False
         self._token_n = 0
+        _process._track(self)
 
     def _build(self) -> None:
         for m in self.members:
@@ -285,6 +286,7 @@ class EtcdCluster:
         for m in self.members:
             m.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        _process._untrack(self)
 
     @property
     def endpoints(self) -> list[str]:
