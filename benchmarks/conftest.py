@@ -4,7 +4,7 @@ Run through ``benchmarks/run.py`` (which also writes the report), or directly::
 
     python -m pytest benchmarks --benchmark-json=out.json [--quick] [--bench-backends=memory,etcd]
 
-Servers are the tests' own (``tests/servers.py``): real etcd, Redis and Consul
+Servers are the tests' own (``tests/servers/``): real etcd, Redis and Consul
 (``session_ttl_min = "1s"``, Prometheus telemetry on) on free 127.0.0.1 ports in
 temp dirs, started once per session.
 """

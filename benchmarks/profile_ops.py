@@ -4,7 +4,7 @@
     python benchmarks/profile_ops.py register --backend redis [--repeat 2000]
     python benchmarks/profile_ops.py list --backend consul --n 1000 --compare
 
-Starts the server the same way the harness does (``tests/servers.py``),
+Starts the server the same way the harness does (``tests/servers/``),
 writes the same data, then runs the operation ``--repeat`` times under
 pyinstrument and prints the call tree (``pip install pyinstrument``; the
 ``bench`` tox env has it). With ``--compare`` it also times the raw baseline.

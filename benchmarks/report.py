@@ -230,7 +230,7 @@ def render(table: dict[tuple[Any, ...], dict[str, Any]], env: dict[str, Any], no
         f"- Python {env.get('python', '?')}",
         f"- Code measured: {env.get('code', '?')}",
         "- Packages: " + ", ".join(f"{k} {v}" for k, v in pkgs.items()),
-        "- Servers (on 127.0.0.1, started by `tests/servers.py`): " + "; ".join(f"{k}: {v}" for k, v in srv.items()),
+        "- Servers (on 127.0.0.1, started by `tests/servers/`): " + "; ".join(f"{k}: {v}" for k, v in srv.items()),
         "- Consul: " + consul_line(env),
         "",
         "## Results",

@@ -1,31 +1,25 @@
-"""Shared test setup: real servers (tests/servers.py) and hygiene checks."""
+"""Shared test setup: real servers (the tests/servers/ package) and hygiene checks."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-# tests/servers.py starts real etcd/Redis/Consul servers; make it importable from every test folder.
+# tests/servers/ starts real etcd/Redis/Consul servers; make it importable (as `servers`) from every test folder.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from servers import (
-    consul_factory,
+from servers.fixtures import (
     consul_server,
-    etcd_cluster_factory,
-    etcd_factory,
     etcd_server,
-    redis_factory,
     redis_server,
+    server_factory,
     tls_files,
 )
 
 __all__ = [
-    "consul_factory",
     "consul_server",
-    "etcd_cluster_factory",
-    "etcd_factory",
     "etcd_server",
-    "redis_factory",
     "redis_server",
+    "server_factory",
     "tls_files",
 ]

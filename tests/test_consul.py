@@ -1,6 +1,6 @@
 """The Consul backend on a real Consul 1.8 agent: layout, sessions, options, ACLs, crashes and faults.
 
-No mocks: real dev agents (``tests/servers.py``), real child processes, and the
+No mocks: real dev agents (``tests/servers/``), real child processes, and the
 raw py-consul client to check what is stored.
 """
 
@@ -161,8 +161,8 @@ def test_sigkilled_process_disappears_within_two_ttls(consul_server: servers.Con
         worker.kill()
 
 
-def test_ttl_below_the_agents_minimum_is_a_config_error(consul_factory: Any, runtimes: list[waypost.Runtime]) -> None:
-    server = consul_factory()  # Consul's default session_ttl_min: 10 s
+def test_ttl_below_the_agents_minimum_is_a_config_error(server_factory: Any, runtimes: list[waypost.Runtime]) -> None:
+    server = server_factory("consul")  # Consul's default session_ttl_min: 10 s
     with pytest.raises(waypost.ConfigError, match="session_ttl_min"):
         _connect(runtimes, server.url, ttl=1.0)
     rt = _connect(runtimes, server.url, ttl=10.0)
@@ -190,9 +190,9 @@ def test_revoke_of_an_unknown_lease_is_a_no_op(consul_server: servers.ConsulServ
 
 # -- options, URLs and ACLs --------------------------------------------------------------------
 
-def test_acl_denied_is_an_authentication_error_without_the_token(consul_factory: Any,
+def test_acl_denied_is_an_authentication_error_without_the_token(server_factory: Any,
                                                                   runtimes: list[waypost.Runtime]) -> None:
-    server = consul_factory(acl_token=ACL_TOKEN, session_ttl_min="1s")
+    server = server_factory("consul", acl_token=ACL_TOKEN, session_ttl_min="1s")
     wrong = "b7c1d2e3-f4a5-4b6c-8d7e-secretsecret"
     for options in ({"token": wrong}, {}):
         with pytest.raises(waypost.AuthenticationError) as caught:
@@ -206,9 +206,9 @@ def test_acl_denied_is_an_authentication_error_without_the_token(consul_factory:
     assert rt.list_instances() == []
 
 
-def test_token_from_the_environment(consul_factory: Any, runtimes: list[waypost.Runtime],
+def test_token_from_the_environment(server_factory: Any, runtimes: list[waypost.Runtime],
                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    server = consul_factory(acl_token=ACL_TOKEN, session_ttl_min="1s")
+    server = server_factory("consul", acl_token=ACL_TOKEN, session_ttl_min="1s")
     monkeypatch.setenv("CONSUL_HTTP_TOKEN", ACL_TOKEN)
     rt = _connect(runtimes, server.url)
     assert rt.list_instances() == []
@@ -217,9 +217,9 @@ def test_token_from_the_environment(consul_factory: Any, runtimes: list[waypost.
         _connect(runtimes, server.url, token="not-the-token")
 
 
-def test_tls_needs_the_ca_and_the_client_certificate(consul_factory: Any, tls_files: Any,
+def test_tls_needs_the_ca_and_the_client_certificate(server_factory: Any, tls_files: Any,
                                                      runtimes: list[waypost.Runtime]) -> None:
-    server = consul_factory(tls=tls_files, client_cert_auth=True, session_ttl_min="1s")
+    server = server_factory("consul", tls=tls_files, client_cert_auth=True, session_ttl_min="1s")
     assert server.url.startswith("consuls://")
     with pytest.raises(waypost.AuthenticationError, match="ca_cert"):
         _connect(runtimes, server.url)  # the system roots do not know the test CA
@@ -270,9 +270,9 @@ def test_unreachable_agent_fails_fast() -> None:
 
 # -- faults ----------------------------------------------------------------------------------------
 
-def test_restart_reregisters_and_watch_resyncs(consul_factory: Any, runtimes: list[waypost.Runtime],
+def test_restart_reregisters_and_watch_resyncs(server_factory: Any, runtimes: list[waypost.Runtime],
                                               ns: str) -> None:
-    server = consul_factory(session_ttl_min="1s")
+    server = server_factory("consul", session_ttl_min="1s")
     observer, rt = _connect(runtimes, server.url), _connect(runtimes, server.url)
     reg = rt.namespace(ns).component("c").endpoint("e").register(TransportType.tcp("h:1"))
     with observer.watch(Query.namespace(ns)) as watch:
@@ -283,10 +283,10 @@ def test_restart_reregisters_and_watch_resyncs(consul_factory: Any, runtimes: li
     assert entry["Value"] == reg.instance.to_json()
 
 
-def test_silent_agent_interrupts_watch_within_the_documented_bound(consul_factory: Any,
+def test_silent_agent_interrupts_watch_within_the_documented_bound(server_factory: Any,
                                                                    runtimes: list[waypost.Runtime],
                                                                    ns: str) -> None:
-    server = consul_factory(session_ttl_min="1s")
+    server = server_factory("consul", session_ttl_min="1s")
     options = {"timeout": 1.0, "watch_wait": 1.0}
     observer = _connect(runtimes, server.url, ttl=5.0, **options)
     with observer.watch(Query.namespace(ns)) as watch:

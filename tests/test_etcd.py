@@ -24,7 +24,7 @@ import grpc
 import pytest
 from pyetcd import etcdrpc
 
-import servers  # tests/servers.py, on sys.path through tests/conftest.py
+import servers  # tests/servers/, on sys.path through tests/conftest.py
 import waypost
 from waypost import Added, Interrupted, Query, Removed, Resynced, TransportType
 from waypost.backends.etcd import EtcdBackend

@@ -1,6 +1,6 @@
 """The Redis backend on a real Redis 7: layout, options, leases, watch history and faults.
 
-No mocks: a real server (``tests/servers.py``), real child processes, and a
+No mocks: a real server (``tests/servers/``), real child processes, and a
 small loopback TCP proxy that counts the commands a client sends (to prove
 "one round trip") and can cut a client off the server (to fake a network
 partition for one watcher only).
@@ -128,22 +128,6 @@ def redis_server(server: servers.RedisServer) -> servers.RedisServer:
 
 
 @pytest.fixture
-def redis_factory() -> Iterator[Callable[..., servers.RedisServer]]:
-    """make(**RedisServer options) -> a started server of its own, closed after the test."""
-    made: list[servers.RedisServer] = []
-
-    def make(**options: Any) -> servers.RedisServer:
-        server = servers.RedisServer(**options)
-        made.append(server)
-        server.start()
-        return server
-
-    yield make
-    for server in made:
-        server.close()
-
-
-@pytest.fixture
 def runtimes() -> Iterator[Callable[..., waypost.Runtime]]:
     made: list[waypost.Runtime] = []
 
@@ -225,10 +209,10 @@ def test_bad_urls_and_options_are_config_errors(redis_server: servers.RedisServe
         waypost.connect(f"redis://{endpoint}/0", ttl=0.1)
 
 
-def test_password_never_shown_and_wrong_one_is_an_auth_error(redis_factory: Callable[..., Any],
+def test_password_never_shown_and_wrong_one_is_an_auth_error(server_factory: Callable[..., Any],
                                                              runtimes: Callable[..., waypost.Runtime]) -> None:
     secret = "pw-Zq7!xx"
-    srv = redis_factory(password=secret)
+    srv = server_factory("redis", password=secret)
     with pytest.raises(waypost.AuthenticationError) as wrong:
         waypost.connect(f"redis://:not-{secret}@{srv.endpoint}/0")
     assert secret not in str(wrong.value)
@@ -242,23 +226,24 @@ def test_password_never_shown_and_wrong_one_is_an_auth_error(redis_factory: Call
     assert rt2.list_instances() == []
 
 
-def test_acl_user_outside_its_prefix_is_refused(redis_factory: Callable[..., Any]) -> None:
+def test_acl_user_outside_its_prefix_is_refused(server_factory: Callable[..., Any]) -> None:
     """The coarse ACL rule of the docs (the conformance suite runs the narrowest one)."""
     coarse = "-@all +@read +@write +@scripting +@stream +@connection +time"
-    srv = redis_factory(acl_user=("limited", "pw", "waypost:*"), acl_commands=coarse)
+    srv = server_factory("redis", acl_user=("limited", "pw", "waypost:*"), acl_commands=coarse)
     with pytest.raises(waypost.AuthenticationError, match="ACL"):
         waypost.connect(srv.auth_url, prefix="other:")
     with waypost.connect(srv.auth_url) as rt:
         rt.namespace("ns").component("c").endpoint("e").register(_tcp(1))
         assert len(rt.list_instances()) == 1
-    no_time = redis_factory(acl_user=("limited", "pw", "waypost:*"), acl_commands=coarse.replace(" +time", ""))
+    no_time = server_factory("redis", acl_user=("limited", "pw", "waypost:*"),
+                             acl_commands=coarse.replace(" +time", ""))
     with pytest.raises(waypost.AuthenticationError, match="lacks a permission"):
         waypost.connect(no_time.auth_url)  # a command the scripts need is denied
 
 
-def test_tls_needs_the_ca(tmp_path: Path, redis_factory: Callable[..., Any]) -> None:
+def test_tls_needs_the_ca(tmp_path: Path, server_factory: Callable[..., Any]) -> None:
     tls = servers.make_tls(tmp_path)
-    srv = redis_factory(tls=tls)
+    srv = server_factory("redis", tls=tls)
     with pytest.raises(waypost.BackendUnavailable):
         waypost.connect(srv.url, timeout=2)  # the system CAs do not know the test CA
     with waypost.connect(srv.url, ssl_ca_certs=tls.ca) as rt:
@@ -378,8 +363,8 @@ def test_expired_lease_is_reaped_by_a_lone_watcher(redis_server: servers.RedisSe
 # -- the issue's "done when" --------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_component_list_of_10k_instances_is_one_round_trip(redis_factory: Callable[..., Any]) -> None:
-    srv = redis_factory()
+def test_component_list_of_10k_instances_is_one_round_trip(server_factory: Callable[..., Any]) -> None:
+    srv = server_factory("redis")
     proxy = Proxy(srv.port)
     backend = _backend(f"redis://127.0.0.1:{proxy.port}/0")
     try:
@@ -541,7 +526,7 @@ def test_paused_server_interrupts_a_watch_in_bounded_time_then_it_recovers(
 
 
 def test_an_error_reply_interrupts_a_watch_which_then_recovers(
-        redis_factory: Callable[..., servers.RedisServer], runtimes: Callable[..., waypost.Runtime], ns: str) -> None:
+        server_factory: Callable[..., Any], runtimes: Callable[..., waypost.Runtime], ns: str) -> None:
     """An error reply that is not a lost connection (OOM at maxmemory) is an outage, not the end of the watch.
 
     The server is put over ``maxmemory`` with ``noeviction`` (by the test: the
@@ -550,7 +535,7 @@ def test_an_error_reply_interrupts_a_watch_which_then_recovers(
     gets ``OOM command not allowed`` back. The watch reports ``Interrupted``,
     keeps retrying, and resyncs once memory is available again.
     """
-    srv = redis_factory()
+    srv = server_factory("redis")
     raw = _raw(srv)
     writer = runtimes(srv.url, ttl=10)
     observer = runtimes(srv.url, ttl=10)

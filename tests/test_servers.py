@@ -6,15 +6,20 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import socket
 import ssl
+import tempfile
 
 import pytest
 
 # tests/conftest.py puts tests/ on sys.path and re-exports the fixtures from
-# the same `servers` module; import it under that name (not tests.servers) so
-# there is only one copy of the module and of its session servers.
+# the same `servers` package; import it under that name (not tests.servers) so
+# there is only one copy of the package and of its session servers.
 import servers as S
+
+# The directory `import servers` needs on sys.path (tests/), for child Pythons.
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(S.__file__)))
 
 # ---------------------------------------------------------------- helpers
 
@@ -84,6 +89,15 @@ def test_missing_binaries_give_clear_error(tmp_path, monkeypatch):
         S.ConsulServer()
 
 
+def test_bad_arguments_leave_no_temp_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(ValueError, match="needs tls"):
+        S.EtcdServer(client_cert_auth=True)
+    with pytest.raises(ValueError, match="acl_user"):
+        S.RedisServer(acl_user=("user", "pw"))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_free_port_is_loopback_and_distinct():
     ports = {S.free_port() for _ in range(20)}
     assert len(ports) == 20
@@ -94,7 +108,6 @@ def test_free_port_is_loopback_and_distinct():
 
 
 def test_make_tls_files_are_private(tls):
-    import os
     import stat
 
     for name in ("ca", "server_cert", "server_key", "client_cert", "client_key"):
@@ -290,11 +303,11 @@ def test_session_fixtures(etcd_server, redis_server, consul_server):
     assert redis_server.command("PING") == b"+PONG"
 
 
-def test_factories(redis_factory, etcd_factory, etcd_cluster_factory, tls_files):
-    a = redis_factory()
-    b = redis_factory(password="x")
-    e = etcd_factory("3.4", tls=tls_files)
-    c = etcd_cluster_factory(size=1)
+def test_factories(server_factory, tls_files):
+    a = server_factory("redis")
+    b = server_factory("redis", password="x")
+    e = server_factory("etcd", "3.4", tls=tls_files)
+    c = server_factory("etcd-cluster", size=1)
     assert len(c.members) == 1
     assert len({a.port, b.port, e.port}) == 3
     assert a.running
@@ -316,9 +329,11 @@ def test_port_clash_is_retried(monkeypatch):
         calls.append(1)
         return busy.getsockname()[1] if len(calls) == 1 else real()
 
-    monkeypatch.setattr(S, "free_port", fake)
+    # The servers look free_port up in servers._process at call time.
+    monkeypatch.setattr(S._process, "free_port", fake)
     try:
         with S.RedisServer() as r:
+            assert len(calls) == 2  # the busy port, then a free one: the clash was retried
             assert r.port != busy.getsockname()[1]
             assert r.command("PING") == b"+PONG"
     finally:
@@ -336,13 +351,12 @@ def test_start_failure_reports_log_tail():
 
 
 def test_atexit_cleans_up_processes():
-    import os
     import subprocess
     import sys
     import time
 
     code = (
-        f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(S.__file__))!r})\n"
+        f"import sys; sys.path.insert(0, {TESTS_DIR!r})\n"
         "import servers as S\n"
         "r = S.RedisServer().start(); e = S.EtcdServer().start(); c = S.ConsulServer().start()\n"
         "r.pause()\n"
@@ -364,9 +378,25 @@ def test_atexit_cleans_up_processes():
             time.sleep(0.05)
 
 
+def test_atexit_removes_temp_dirs():
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys; sys.path.insert(0, {TESTS_DIR!r})\n"
+        "import servers as S\n"
+        "r = S.RedisServer().start(); c = S.EtcdCluster(1).start(); idle = S.RedisServer()\n"
+        "print(r.workdir, c.workdir, idle.workdir)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    dirs = out.stdout.split()
+    assert len(dirs) == 3
+    assert [d for d in dirs if os.path.exists(d)] == []
+
+
 def test_servers_die_with_a_killed_parent():
     """No atexit when the test process is SIGKILLed: PDEATHSIG must do it."""
-    import os
     import signal
     import subprocess
     import sys
@@ -374,7 +404,7 @@ def test_servers_die_with_a_killed_parent():
 
     assert S._SETPRIV is not None, "setpriv (util-linux) is needed so servers die with the test process"
     code = (
-        f"import sys, time; sys.path.insert(0, {os.path.dirname(os.path.abspath(S.__file__))!r})\n"
+        f"import sys, time; sys.path.insert(0, {TESTS_DIR!r})\n"
         "import servers as S\n"
         "r = S.RedisServer().start(); e = S.EtcdServer().start()\n"
         "print(r.pid, e.pid, flush=True)\n"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import servers  # tests/servers.py, on sys.path through tests/conftest.py
+import servers  # tests/servers/, on sys.path through tests/conftest.py
 from waypost.contrib.conformance import BackendConformance, Harness
 
 PASSWORD = "c0nf:pw@/?#"  # URL-hostile on purpose

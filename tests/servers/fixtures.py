@@ -1,0 +1,72 @@
+"""pytest fixtures: ``tls_files``, the session-wide ``etcd_server`` / ``redis_server`` / ``consul_server``,
+and ``server_factory`` for servers of a test's own (tests/conftest.py imports them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from .consul import ConsulServer
+from .etcd import EtcdCluster, EtcdServer
+from .redis import RedisServer
+from .tls import TLSFiles, make_tls
+
+# What ``server_factory`` makes, by kind.
+SERVER_KINDS: dict[str, Callable[..., Any]] = {
+    cls.kind: cls for cls in (EtcdServer, EtcdCluster, RedisServer, ConsulServer)
+}
+
+
+@pytest.fixture
+def tls_files(tmp_path) -> TLSFiles:
+    """A fresh CA + server/client certs (``trustme`` is a dev dependency)."""
+    return make_tls(tmp_path / "tls")
+
+
+@pytest.fixture(scope="session")
+def etcd_server():
+    """One etcd 3.5 shared by the session (use unique key prefixes)."""
+    with EtcdServer() as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One Redis shared by the session (use unique key prefixes)."""
+    with RedisServer() as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def consul_server():
+    """One Consul dev agent shared by the session (session_ttl_min 1s)."""
+    with ConsulServer(session_ttl_min="1s") as s:
+        yield s
+
+
+@pytest.fixture
+def server_factory() -> Iterator[Callable[..., Any]]:
+    """``make(kind, *args, **kwargs)`` -> a started server of the test's own,
+    closed (last made first) at the end of the test. ``kind`` and the arguments:
+
+    - ``"etcd"``: :class:`EtcdServer` ``(version="3.5", tls=None, client_cert_auth=False, **kw)``
+    - ``"etcd-cluster"``: :class:`EtcdCluster` ``(size=3, version="3.5", tls=None, client_cert_auth=False)``
+    - ``"redis"``: :class:`RedisServer` ``(password=None, acl_user=None, tls=None, **kw)``
+    - ``"consul"``: :class:`ConsulServer` ``(tls=None, acl_token=None, **kw)``
+    """
+    made: list[Any] = []
+
+    def make(kind: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            cls = SERVER_KINDS[kind]
+        except KeyError:
+            raise ValueError(f"unknown server kind {kind!r}: one of {sorted(SERVER_KINDS)}") from None
+        server = cls(*args, **kwargs)
+        made.append(server)
+        return server.start()
+
+    yield make
+    for server in reversed(made):
+        server.close()
