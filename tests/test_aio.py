@@ -7,6 +7,8 @@ conditions with deadlines, never fixed sleeps.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import inspect
 import textwrap
 import threading
 import time
@@ -118,10 +120,10 @@ def test_handles_are_plain_cached_calls(url: str) -> None:
             assert ns.query.levels == ("dynamo",)
             assert comp.query.levels == ("dynamo", "backend")
             assert ep.query.prefix == "v1/instances/dynamo/backend/generate/"
-            # the synchronous handles underneath
-            assert ns.sync is rt.sync.namespace("dynamo")
-            assert comp.sync is rt.sync.namespace("dynamo").component("backend")
-            assert ep.sync.id == ep.id
+            # the very same handle classes as the synchronous API, bound to this Runtime
+            assert type(ns) is type(rt.sync.namespace("dynamo")) is waypost.Namespace
+            assert type(ep) is waypost.Endpoint and ns is not rt.sync.namespace("dynamo")
+            assert rt.sync.namespace("dynamo").component("backend").endpoint("generate").id == ep.id
             # names are checked on construction, with waypost's error
             with pytest.raises(waypost.InvalidName):
                 rt.namespace("Bad Name")
@@ -373,24 +375,29 @@ def test_waiting_watches_hold_no_thread_and_never_block_the_loop(url: str, peer:
     run(main())
 
 
-def test_watch_events_are_delivered_on_the_loop_thread(url: str, peer: waypost.Runtime) -> None:
+def test_waiting_for_watch_events_holds_no_thread(url: str, peer: waypost.Runtime) -> None:
+    """Events are handed into the loop by the core watch's notify callback: no executor job waits for them."""
+
     async def main() -> None:
-        loop_thread = threading.current_thread()
+        loop = asyncio.get_running_loop()
+        jobs: list[Any] = []
+        executor = concurrent.futures.ThreadPoolExecutor(2)
+        original_submit = executor.submit
+
+        def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            jobs.append(fn)
+            return original_submit(fn, *args, **kwargs)
+
+        executor.submit = counted  # type: ignore[method-assign]
+        loop.set_default_executor(executor)
         async with aio.connect(url) as rt, rt.watch() as events:
-            calls: list[threading.Thread] = []
-            original = events._push
-
-            def spy(*args: Any) -> None:
-                calls.append(threading.current_thread())
-                original(*args)
-
-            # The core watch (on its backend thread) holds the delivery callback: spy on it there.
-            assert events.sync._push == original  # type: ignore[attr-defined]
-            events.sync._push = spy  # type: ignore[attr-defined]
+            opened = len(jobs)
+            waiting = asyncio.ensure_future(next_event(events))
+            await asyncio.sleep(0)  # the task is now awaiting the event
             peer.namespace("ns").component("c").endpoint("e").register(TCP("h:1"))
-            await next_event(events)
-            assert calls
-            assert all(t is loop_thread for t in calls)
+            event = await waiting
+            assert isinstance(event, waypost.Added)
+            assert len(jobs) == opened, "waiting for an event ran something in the executor"
 
     run(main())
 
@@ -552,3 +559,59 @@ def test_the_module_docstring_example_runs(capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out
     assert "Added(instance=Instance(namespace='dynamo'" in out
     assert "dynamo/backend/generate/" in out
+
+
+# -- the twin cannot drift ------------------------------------------------------------------------
+
+SYNC_ONLY = {"__enter__", "__exit__", "__iter__"}
+ASYNC_ONLY = {"__aenter__", "__aexit__", "__aiter__", "__anext__", "sync"}
+
+
+def _public(obj: object) -> set[str]:
+    return {n for n in dir(obj) if not n.startswith("_") or n in SYNC_ONLY | ASYNC_ONLY}
+
+
+def test_both_apis_expose_the_same_names_and_parameters() -> None:
+    """Runtime, Registration, Watch and Client of both APIs: the same public names, the same parameters."""
+
+    async def pairs() -> list[tuple[object, object]]:
+        rt = await aio.connect("memory://parity")
+        reg = await rt.namespace("ns").component("c").endpoint("e").register(TCP("h:1"))
+        watch, client = await rt.watch(), await rt.endpoint("ns.c.e").client()
+        made = [(rt.sync, rt), (reg.sync, reg), (watch.sync, watch), (client.sync, client)]
+        await rt.close()
+        return made
+
+    for sync_obj, async_obj in run(pairs()):
+        sync_names, async_names = _public(sync_obj) - SYNC_ONLY, _public(async_obj) - ASYNC_ONLY
+        assert sync_names - {"poll_instances"} == async_names, type(async_obj).__name__
+        for name in sorted(sync_names & async_names):
+            sync_attr, async_attr = getattr(type(sync_obj), name, None), getattr(type(async_obj), name, None)
+            if not callable(sync_attr) or isinstance(sync_attr, type):
+                continue
+            # ``notify`` is the seam the twin itself uses to be woken: the twin has no use for it
+            expected = [p.replace(annotation=inspect.Parameter.empty)
+                        for p in inspect.signature(sync_attr).parameters.values() if p.name != "notify"]
+            got = [p.replace(annotation=inspect.Parameter.empty)
+                   for p in inspect.signature(async_attr).parameters.values()]
+            assert got == expected, f"{type(async_obj).__name__}.{name}"
+
+
+def test_the_handles_are_one_implementation() -> None:
+    assert not any(isinstance(getattr(aio, n, None), type) and n in {"Namespace", "Component", "Endpoint"}
+                   for n in aio.__all__)
+    assert set(aio.__all__) == {"Client", "Pending", "Registration", "Runtime", "Watch", "connect"}
+
+
+def test_async_wait_for_instances_ends_when_its_watch_failed(url: str) -> None:
+    """The synchronous client raises NoInstances once its watch failed; the twin used to wait forever."""
+
+    async def main() -> None:
+        async with aio.connect(url) as rt, rt.namespace("ns").component("c").endpoint("e").client() as client:
+            waiting = asyncio.ensure_future(client.wait_for_instances(timeout=None))
+            await asyncio.sleep(0)
+            client.sync._view.failed(waypost.BackendUnavailable("store gone"))  # what a dying backend watch does
+            with pytest.raises(waypost.NoInstances, match="store gone"):
+                await asyncio.wait_for(waiting, 5.0)
+
+    run(main())

@@ -10,9 +10,7 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -36,7 +34,6 @@ ROOT_PW = "r00t:pw@/?#"  # URL-hostile on purpose
 
 
 # -- helpers --------------------------------------------------------------------------------------
-
 
 
 def etcdctl(server: Any, *args: str, user: str | None = None) -> str:
@@ -201,8 +198,8 @@ def test_value_written_the_dynamo_way_is_listed_and_watched(any_etcd: Any, runti
         client.close()
 
 
-def test_root_option_prefixes_every_key(etcd: Any, runtimes: Any) -> None:
-    rt = runtimes(etcd.url, root="tenant-a")
+def test_prefix_option_prefixes_every_key(etcd: Any, runtimes: Any) -> None:
+    rt = runtimes(etcd.url, prefix="tenant-a")
     ns = new_ns()
     rt.namespace(ns).component("c").endpoint("e").register(tcp(1))
     client = raw_client(etcd)
@@ -224,30 +221,6 @@ rt.namespace(sys.argv[3]).component("c").endpoint("e").register(waypost.Transpor
 print(rt.instance_id, flush=True)
 time.sleep(600)
 """
-
-
-def test_sigkilled_process_leaves_watch_within_ttl_plus_1s(etcd: Any, runtimes: Any) -> None:
-    observer = runtimes(etcd.url)
-    ns = new_ns()
-    with observer.watch(Query.namespace(ns)) as watch:
-        child = subprocess.Popen([sys.executable, "-c", CHILD, etcd.url, str(TTL), ns], stdout=subprocess.PIPE,
-                                 text=True)
-        try:
-            assert child.stdout is not None
-            child_id = int(child.stdout.readline())
-            assert watch.wait_for(lambda e: isinstance(e, Added), 10) is not None
-            assert [i.instance_id for i in watch.instances] == [child_id]
-            child.send_signal(signal.SIGKILL)
-            killed_at = time.monotonic()
-            removed = watch.wait_for(lambda e: isinstance(e, Removed), TTL + 1)
-            elapsed = time.monotonic() - killed_at
-        finally:
-            child.kill()
-            child.wait()
-            if child.stdout is not None:
-                child.stdout.close()
-        assert removed is not None, f"killed process still listed {TTL + 1} s later"
-        print(f"crash detected after {elapsed:.2f} s (ttl {TTL})")
 
 
 @pytest.mark.slow
@@ -335,6 +308,7 @@ def test_compacted_history_makes_the_watch_relist(etcd: Any, runtimes: Any) -> N
     comp.endpoint("a").register(tcp(1))
     with rt.watch(Query.namespace(ns)) as watch:
         handle: Any = watch._handle
+        handle._probe_interval = 3600.0  # no progress notification may move the revision under the test
         resume_from = handle._revision
         comp.endpoint("b").register(tcp(2))
         comp.endpoint("b").register(tcp(3))  # two revisions after resume_from: its successor is compacted
@@ -423,15 +397,15 @@ def test_tls_with_ca(tls_etcd: Any, tls: Any, runtimes: Any) -> None:
 
 
 def test_mutual_tls(mtls_etcd: Any, tls: Any, runtimes: Any) -> None:
-    rt = runtimes(mtls_etcd.url, ca_cert=tls.ca, cert_cert=tls.client_cert, cert_key=tls.client_key)
+    rt = runtimes(mtls_etcd.url, ca_cert=tls.ca, client_cert=tls.client_cert, client_key=tls.client_key)
     ns = new_ns()
     rt.namespace(ns).component("c").endpoint("e").register(tcp(1))
     with rt.watch(Query.namespace(ns)) as watch:
         assert len(watch.instances) == 1
     with pytest.raises(waypost.BackendUnavailable):  # no client certificate
         runtimes(mtls_etcd.url, ca_cert=tls.ca, timeout=1.0)
-    with pytest.raises(waypost.ConfigError, match="cert_key"):
-        runtimes(mtls_etcd.url, ca_cert=tls.ca, cert_cert=tls.client_cert)
+    with pytest.raises(waypost.ConfigError, match="client_key"):
+        runtimes(mtls_etcd.url, ca_cert=tls.ca, client_cert=tls.client_cert)
 
 
 def test_user_password_over_plain_text(fresh_etcd: Any, runtimes: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -528,26 +502,6 @@ def test_configuration_errors_name_the_problem_without_secrets(etcd: Any) -> Non
         waypost.connect(etcd.url, ttl=0.5)
     with pytest.raises(waypost.ConfigError, match="instance_id"):
         waypost.connect(etcd.url, instance_id=42)
-
-
-def test_missing_client_library_names_the_extra() -> None:
-    code = ("import sys; sys.modules['pyetcd'] = None\n"
-            "import waypost\n"
-            "try:\n"
-            "    waypost.connect('etcd://127.0.0.1:1')\n"
-            "except waypost.BackendNotInstalled as exc:\n"
-            "    print(exc)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert "pip install 'waypost[etcd]'" in done.stdout
-
-
-def test_unreachable_store_fails_within_the_timeout() -> None:
-    url = f"etcd://127.0.0.1:{servers.free_port()},127.0.0.1:{servers.free_port()}"
-    started = time.monotonic()
-    with pytest.raises(waypost.BackendUnavailable) as error:
-        waypost.connect(url, timeout=1.0)
-    assert time.monotonic() - started < 2.0
-    assert isinstance(error.value.__cause__, grpc.RpcError)  # the cause is chained
 
 
 # -- scale ----------------------------------------------------------------------------------------------

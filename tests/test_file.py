@@ -22,6 +22,7 @@ import waypost
 from waypost import Added, Query, Removed, TransportType
 from waypost.backends.file import FileBackend, decode_name, encode_name
 from waypost.contrib.conformance import wait_until
+from waypost.core import faults
 
 TTL = 2.0
 DYNAMO_VALUE = (
@@ -345,16 +346,9 @@ def test_unwritable_directory_is_one_clear_error(read_only_dir: Path) -> None:
         waypost.connect(f"file://{read_only_dir}/below")
 
 
-@pytest.mark.parametrize(("bad_url", "match"), [
-    ("file://otherhost{}", "three slashes"),
-    ("file://{}?watcher=fast", "watcher"),
-    ("file://{}?stale_after=0", "stale_after"),
-    ("file://{}?stale_after=5&ttl=10", "stale_after=5 is shorter than the ttl"),
-    ("file://{}?nope=1", "nope"),
-])
-def test_bad_urls_are_config_errors(tmp_path: Path, bad_url: str, match: str) -> None:
-    with pytest.raises(waypost.ConfigError, match=match):
-        waypost.connect(bad_url.format(tmp_path))
+def test_stale_after_shorter_than_the_ttl_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(waypost.ConfigError, match="stale_after=5 is shorter than the ttl"):
+        waypost.connect(f"file://{tmp_path}?stale_after=5&ttl=10")
 
 
 def test_corrupt_and_foreign_files_are_skipped_with_one_warning(
@@ -406,3 +400,13 @@ def test_backend_class_declares_what_it_does() -> None:
     assert waypost.Capability.SERVER_EXPIRY not in FileBackend.capabilities
     assert waypost.Capability.CROSS_HOST not in FileBackend.capabilities
     assert "file:///" in (FileBackend.__doc__ or "")
+
+
+def test_revoking_a_killed_writers_lease_removes_its_half_written_file(url: str, bucket: Path) -> None:
+    with waypost.connect(url, ttl=TTL, instance_id=0xABC) as victim, waypost.connect(url, ttl=TTL) as other:
+        victim.namespace("ns").component("c").endpoint("e").register(TransportType.tcp("h:1"))
+        faults.crash(victim)
+        (bucket / ".tmp_abc-0123456789abcdef").write_bytes(b'{"half')  # killed between write and link()
+        (bucket / ".tmp_abd-0123456789abcdef").write_bytes(b'{"half')  # another lease's: not this one's
+        other.backend.revoke_lease(0xABC)
+        assert files(bucket) == [".tmp_abd-0123456789abcdef"]

@@ -9,6 +9,7 @@ import pytest
 
 import waypost
 from waypost import Query, TransportType
+from waypost.core import faults
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def test_unregister_during_outage_forgets_now_and_deletes_later(url: str) -> Non
     reg.unregister()  # does not raise: the delete is retried by the keepalive thread
     assert not reg.active and rt.registrations() == []
     assert rt._pending_deletes == {key}
-    rt._abandon()
+    faults.crash(rt)
 
 
 def test_a_rejected_update_leaves_the_registration_intact(url: str) -> None:

@@ -31,17 +31,18 @@ from .core._errors import (
     WaypostError,
 )
 from .core._events import Added, Event, Interrupted, Removed, Resynced
+from .core._handles import Component, Endpoint, Namespace
 from .core._instance import DeviceType, Instance, RequestPlaneCodec, TransportType
 from .core._names import EndpointId
 from .core._plugins import register_plugin, unregister_plugin
 from .core._query import Query
-from .core._runtime import Component, Endpoint, Namespace, Registration, Runtime, connect
+from .core._runtime import Registration, Runtime, connect
 from .core._spi import Capability
 from .core._watch import Watch
 from .core.hookspecs import hookimpl
 
 if _typing.TYPE_CHECKING:
-    from .contrib import aio
+    from waypost import aio
 
 __version__ = "0.1.0"
 
@@ -89,7 +90,7 @@ __all__ = [
 def __getattr__(name: str) -> _typing.Any:
     # The asyncio facade is imported on first use so `import waypost` stays light.
     if name == "aio":
-        from .contrib import aio
+        import importlib
 
-        return aio
+        return importlib.import_module("waypost.aio")
     raise AttributeError(f"module 'waypost' has no attribute {name!r}")

@@ -54,12 +54,22 @@ def secure_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any,
         yield server, tls
 
 
+BAD_URLS = {
+    "etcd://": "at least one host",
+    "etcd://127.0.0.1:99999": "invalid port",
+    "etcd://root@127.0.0.1:1": "both user and password",
+    "etcd://127.0.0.1:1?ca_cert=/etc/hostname": "TLS scheme",
+    "etcds://127.0.0.1:1?client_key=/etc/hostname": "go together",
+    "etcds://127.0.0.1:1?ca_cert=/nonexistent/ca.pem": "no such file",
+}
+
+
 class TestEtcdConformance(BackendConformance):
     @pytest.fixture
     def harness(self, plain_etcd: Any) -> Harness:
         server = _ready(plain_etcd)
         return Harness(url=server.url, options={"timeout": TIMEOUT}, ttl=1.0, expiry_bound=1.0, server=server,
-                       restart_loses_data=False, unreachable_url=_closed_port_url("etcd"))
+                       restart_loses_data=False, unreachable_url=_closed_port_url("etcd"), bad_urls=BAD_URLS)
 
 
 class TestEtcdSecureConformance(BackendConformance):
@@ -71,7 +81,7 @@ class TestEtcdSecureConformance(BackendConformance):
     @pytest.fixture
     def harness(self, secure_etcd: tuple[Any, Any]) -> Harness:
         server, tls = secure_etcd
-        options = {"timeout": TIMEOUT, "ca_cert": tls.ca, "cert_cert": tls.client_cert, "cert_key": tls.client_key,
+        options = {"timeout": TIMEOUT, "ca_cert": tls.ca, "client_cert": tls.client_cert, "client_key": tls.client_key,
                    "user": "root", "password": PASSWORD}
         return Harness(url=_ready(server).url, options=options, ttl=1.0, expiry_bound=1.0, server=server,
-                       restart_loses_data=False, unreachable_url=_closed_port_url("etcds"))
+                       restart_loses_data=False, unreachable_url=_closed_port_url("etcds"), bad_urls=BAD_URLS)

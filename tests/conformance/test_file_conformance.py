@@ -9,10 +9,15 @@ import pytest
 from waypost.contrib.conformance import BackendConformance, Harness
 
 
+def _bad_urls(root: Path) -> dict[str, str]:
+    return {f"file://otherhost{root}": "three slashes", f"file://{root}?watcher=fast": "watcher",
+            f"file://{root}?stale_after=0": "stale_after", "file:///": "refusing / as the store"}
+
+
 class TestFileConformance(BackendConformance):
     @pytest.fixture
     def harness(self, tmp_path: Path) -> Harness:
-        return Harness(url=f"file://{tmp_path}", ttl=1.0, expiry_bound=1.0)
+        return Harness(url=f"file://{tmp_path}", ttl=1.0, expiry_bound=1.0, bad_urls=_bad_urls(tmp_path))
 
 
 class TestFilePollingConformance(BackendConformance):
@@ -20,4 +25,4 @@ class TestFilePollingConformance(BackendConformance):
 
     @pytest.fixture
     def harness(self, tmp_path: Path) -> Harness:
-        return Harness(url=f"file://{tmp_path}?watcher=poll", ttl=1.0, expiry_bound=1.0)
+        return Harness(url=f"file://{tmp_path}?watcher=poll", ttl=1.0, expiry_bound=1.0, bad_urls=_bad_urls(tmp_path))

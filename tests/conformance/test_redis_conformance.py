@@ -30,6 +30,16 @@ def _closed_port_url(scheme: str) -> str:
     return f"{scheme}://127.0.0.1:{servers.free_port()}/0"
 
 
+BAD_URLS = {
+    "redis://127.0.0.1:1,127.0.0.1:2/0": "one host",
+    "redis://127.0.0.1:1/zero": "database",
+    "redis://127.0.0.1:1/0?prefix=": "prefix",
+    "redis://127.0.0.1:1/0?ca_cert=/etc/hostname": "TLS scheme",
+    "rediss://127.0.0.1:1/0?ca_cert=/nonexistent/ca.pem": "no such file",
+    "rediss://127.0.0.1:1/0?client_cert=/etc/hostname": "go together",
+}
+
+
 @pytest.fixture(scope="module")
 def plain_redis() -> Iterator[servers.RedisServer]:
     with servers.RedisServer() as server:
@@ -54,7 +64,7 @@ class TestRedisConformance(BackendConformance):
     def harness(self, plain_redis: servers.RedisServer) -> Harness:
         server = _ready(plain_redis)
         return Harness(url=server.url, ttl=1.0, expiry_bound=1.0, server=server,
-                       restart_loses_data=True, unreachable_url=_closed_port_url("redis"))
+                       restart_loses_data=True, unreachable_url=_closed_port_url("redis"), bad_urls=BAD_URLS)
 
 
 class TestRedisACLConformance(BackendConformance):
@@ -64,7 +74,8 @@ class TestRedisACLConformance(BackendConformance):
     def harness(self, acl_redis: servers.RedisServer) -> Harness:
         server = _ready(acl_redis)
         return Harness(url=server.auth_url, ttl=1.0, expiry_bound=1.0, server=server,
-                       restart_loses_data=True, unreachable_url=_closed_port_url("redis"))
+                       restart_loses_data=True, unreachable_url=_closed_port_url("redis"), bad_urls=BAD_URLS,
+                       prefixes=("waypost:iso-a:", "waypost:iso-b:"))  # inside the ACL's ~waypost:*
 
 
 class TestRedisTLSConformance(BackendConformance):
@@ -73,6 +84,6 @@ class TestRedisTLSConformance(BackendConformance):
     @pytest.fixture
     def harness(self, tls_redis: tuple[servers.RedisServer, servers.TLSFiles]) -> Harness:
         server, tls = tls_redis
-        options = {"ssl_ca_certs": tls.ca, "ssl_certfile": tls.client_cert, "ssl_keyfile": tls.client_key}
+        options = {"ca_cert": tls.ca, "client_cert": tls.client_cert, "client_key": tls.client_key}
         return Harness(url=_ready(server).url, options=options, ttl=1.0, expiry_bound=1.0, server=server,
-                       restart_loses_data=True, unreachable_url=_closed_port_url("rediss"))
+                       restart_loses_data=True, unreachable_url=_closed_port_url("rediss"), bad_urls=BAD_URLS)

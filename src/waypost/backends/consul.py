@@ -20,15 +20,16 @@ Options (keyword > URL query > environment > default)
         ACL token (env ``CONSUL_HTTP_TOKEN``), sent as ``X-Consul-Token``;
         never shown in ``repr``, logs or errors. A request the ACLs deny is an
         :class:`~waypost.AuthenticationError`.
-    ``ca_cert``, ``cert_cert``, ``cert_key``
+    ``ca_cert``, ``client_cert``, ``client_key``
         PEM files (env ``CONSUL_CACERT``, ``CONSUL_CLIENT_CERT``,
         ``CONSUL_CLIENT_KEY``): the CA that signed the agent's certificate
         (default: the system's roots) and a client certificate and key for
-        ``verify_incoming_https``. Used with ``consuls://`` only; like the
-        ``consul`` CLI, plain ``consul://`` ignores them.
-    ``root``
+        ``verify_incoming_https``. They need ``consuls://``. (``cert_cert``
+        and ``cert_key`` are their former names.)
+    ``prefix``
         key prefix (default empty, so keys are exactly Dynamo's
-        ``v1/instances/…``); a ``/`` is appended when missing.
+        ``v1/instances/…``); a ``/`` is appended when missing. (``root`` is
+        its former name.)
     ``dc``
         datacenter to address (default: the agent's own).
     ``consistency``
@@ -37,7 +38,8 @@ Options (keyword > URL query > environment > default)
         leads: one more quorum round trip per read) or ``stale`` (any server).
     ``watch_wait``
         seconds a watch's blocking query waits for a change before asking
-        again (default 5). It bounds how late a silent agent is noticed.
+        again (default: ``max(ttl, 1) / 2``, at most 5). With it the backend
+        notices a silent agent within ``max(ttl, 1)`` seconds.
 
 Mapping onto Consul
     A lease is a session with ``Behavior=delete``, ``TTL=ttl`` and
@@ -67,22 +69,33 @@ Crash detection bound
     ``serfHealth`` check.
 
 Watches
-    A watch lists the prefix, then runs blocking queries on it
-    (``?recurse&index=N&wait=watch_wait``). Consul returns the whole current
-    state, not a history, so the backend diffs consecutive states into puts
-    (in ``ModifyIndex`` order) and deletes. Another process's changes that
-    come and go between two answers are not seen (hence no ``watch-history``
-    capability), but the watch's state always converges to the store's. A
-    process's own writes are fenced: ``register``/``unregister`` return once
-    the same Runtime's watches covering the key have delivered the change (at
-    most ``min(timeout, 1 s)`` later), so they are never merged. After an
-    error the watch reports itself interrupted, retries with backoff and
-    re-lists (``Resynced``); when the index goes backwards with different
-    data (the servers lost their state, e.g. a dev agent restarted) it
-    re-lists too. A silent agent (paused, partitioned) is noticed within
-    ``watch_wait * 17/16 + timeout`` seconds. Each watch uses two threads
-    (one sends the blocking queries, one diffs) and one HTTP connection;
-    closing it aborts its blocking query at once.
+    A watch lists the prefix, then follows blocking queries on it
+    (``?recurse&index=N&wait=watch_wait``). Every watch of the same prefix
+    in a process (whichever Runtime opened it) shares **one** blocking query:
+    a feed with one thread and one connection fans each answer out to the
+    watches' own threads. Consul returns the whole current state, not a
+    history, and the core diffs consecutive states (re-decoding only
+    changed values). Another process's changes that come and go between two
+    answers are not seen (hence no ``watch-history`` capability), but the
+    watch's state always converges to the store's. A process's own writes
+    are fenced: ``register``/``unregister`` return once this process's
+    watches covering the key have delivered the change (at most
+    ``min(timeout, 1 s)`` later), so they are never merged. After an error
+    the watch reports itself interrupted, retries with backoff and re-lists
+    (``Resynced``); when the index goes backwards with different data (the
+    servers lost their state, e.g. a dev agent restarted) it re-lists too.
+    A silent agent (paused, partitioned) is noticed within ``max(ttl, 1)``
+    seconds. Closing the last watch of a prefix aborts its blocking query at
+    once.
+
+Connections
+    A default agent accepts 200 concurrent HTTP connections per client
+    address (``limits.http_max_conns_per_client``). Every Runtime of a
+    process that talks to the same agent shares one pool of at most 16
+    connections for its calls (sessions, writes, lists), plus one connection
+    per distinct prefix watched: a process uses at most ``16 + prefixes``
+    connections however many Runtimes and watches it has (1 000 Runtimes in
+    one process work on a default agent).
 
 ACL policy
     The token needs ``session_prefix "" { policy = "write" }`` and write on
@@ -98,55 +111,58 @@ Caveats
     interprets the replies itself. Sessions are tied to the agent's node: point
     every process at an agent on its own host (as Consul recommends).
 """
-
 from __future__ import annotations
 
 import base64
 import contextlib
-import functools
 import json
 import logging
-import os
-import queue
 import socket
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from waypost.core import (
     AlreadyRegistered,
     AuthenticationError,
     Backend,
-    BackendNotInstalled,
     BackendUnavailable,
+    Backoff,
     Capability,
-    Closed,
     ConfigError,
     Lease,
     LeaseLost,
     Option,
     ParsedURL,
+    Resync,
+    Silent,
+    TLSFiles,
     WatchHandle,
+    WatchLoop,
+    WatchRegistry,
     WatchSink,
     WaypostError,
-    hookimpl,
+    hosts,
     parse_choice,
     parse_float,
     parse_str,
+    prefix_option,
     random_instance_id,
+    tls_files,
+    tls_options,
 )
 
 try:
     import consul
     import consul.std
+    from requests.adapters import HTTPAdapter
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-except ImportError as _exc:  # pragma: no cover - depends on the installed extras
-    raise BackendNotInstalled(
-        f"the consul:// backend needs py-consul ({_exc}): pip install 'waypost[consul]'"
-    ) from _exc
+except ImportError:  # the class stays importable: connect() names the extra to install
+    if not TYPE_CHECKING:
+        consul = HTTPAdapter = HTTPConnectionPool = HTTPSConnectionPool = None
 
 __all__ = ["ConsulBackend"]
 
@@ -154,47 +170,26 @@ _log = logging.getLogger("waypost.consul")
 
 DEFAULT_PORTS = {"consul": 8500, "consuls": 8501}
 LEASE_DIR = "waypost/leases/"
-_BACKOFF_MIN = 0.05
-_BACKOFF_MAX = 2.0
+POOL_SIZE = 16  # connections per agent per process for calls (blocking queries have their own)
 _FENCE_MAX = 1.0  # longest a write waits for this process's watches to see it
-# py-consul's transport is requests (untyped); keep its exception types as Any here.
-_RequestError: Any = consul.std.requests.exceptions.RequestException
-_SSLError: Any = consul.std.requests.exceptions.SSLError
-
-
-def _parse_root(value: Any) -> str:
-    root = parse_str(value).lstrip("/")
-    return root if not root or root.endswith("/") else root + "/"
 
 
 OPTIONS = (
     Option("timeout", parse_float(0.1, 3600.0), 5.0, "seconds a single Consul HTTP call may take"),
     Option("token", parse_str, None, "ACL token", env="CONSUL_HTTP_TOKEN", secret=True),
-    Option("ca_cert", parse_str, None, "PEM file of the CA of the agent's certificate (consuls://)",
-           env="CONSUL_CACERT"),
-    Option("cert_cert", parse_str, None, "PEM client certificate (consuls://)", env="CONSUL_CLIENT_CERT"),
-    Option("cert_key", parse_str, None, "PEM client key (consuls://)", env="CONSUL_CLIENT_KEY"),
-    Option("root", _parse_root, "", "key prefix (default none: keys are exactly Dynamo's v1/instances/...)"),
+    *tls_options(ca_env="CONSUL_CACERT", cert_env="CONSUL_CLIENT_CERT", key_env="CONSUL_CLIENT_KEY"),
+    prefix_option(help="key prefix (default none: keys are exactly Dynamo's v1/instances/...)"),
     Option("dc", parse_str, None, "datacenter (default: the agent's)"),
     Option("consistency", parse_choice("default", "consistent", "stale"), "default",
            "read mode of list and watch: default, consistent or stale"),
-    Option("watch_wait", parse_float(0.1, 600.0), 5.0, "seconds a watch's blocking query waits for a change"),
+    Option("watch_wait", parse_float(0.1, 600.0), None,
+           "seconds a watch's blocking query waits for a change (default: max(ttl, 1)/2, at most 5)"),
 )
 
 
 # ----------------------------------------------------------------------------------------------
 # settings
 # ----------------------------------------------------------------------------------------------
-
-def _check_tls_files(options: Mapping[str, Any]) -> None:
-    # requests would only fail at the first call, as an unreachable agent; say what is wrong instead.
-    if (options["cert_cert"] is None) != (options["cert_key"] is None):
-        raise ConfigError("cert_cert and cert_key go together (a client certificate and its key)")
-    for name in ("ca_cert", "cert_cert", "cert_key"):
-        path = options[name]
-        if path is not None and not os.path.isfile(path):
-            raise ConfigError(f"{name}: no such file {path!r}")
-
 
 @dataclass(frozen=True)
 class _Settings:
@@ -203,33 +198,25 @@ class _Settings:
     port: int
     timeout: float
     token: str | None = field(repr=False)
-    ca_cert: str | None
-    client_cert: tuple[str, str] | None
-    root: str
+    tls: TLSFiles | None
+    prefix: str
     dc: str | None
     consistency: str
-    watch_wait: float
+    watch_wait: float | None
 
     @classmethod
     def from_url(cls, url: ParsedURL, options: Mapping[str, Any]) -> _Settings:
         if url.username is not None or url.password is not None:
             raise ConfigError(f"{url.scheme}:// URLs carry no credentials: give the ACL token as the `token` "
                               "option or CONSUL_HTTP_TOKEN")
-        if len(url.hosts) > 1:
-            raise ConfigError(f"{url.redacted}: give one Consul agent (it forwards to the servers)")
+        (address,) = hosts(url, DEFAULT_PORTS[url.scheme], most=1, hint="give one Consul agent (it forwards to "
+                           "the servers)")
         if url.path.strip("/"):
-            raise ConfigError(f"{url.redacted}: a consul URL has no path; use the `root` option for a key prefix")
-        host, port = url.hosts[0] if url.hosts else ("127.0.0.1", None)
-        tls = url.scheme == "consuls"
-        cert, key = options["cert_cert"], options["cert_key"]
-        if tls:
-            _check_tls_files(options)
+            raise ConfigError(f"{url.redacted}: a consul URL has no path; use the `prefix` option for a key prefix")
         return cls(
-            scheme=url.scheme, host=host or "127.0.0.1", port=port or DEFAULT_PORTS[url.scheme],
-            timeout=options["timeout"], token=options["token"] or None,
-            ca_cert=options["ca_cert"] if tls else None,
-            client_cert=(cert, key) if tls and cert is not None else None,
-            root=options["root"], dc=options["dc"], consistency=options["consistency"],
+            scheme=url.scheme, host=address.host, port=address.port, timeout=options["timeout"],
+            token=options["token"] or None, tls=tls_files(url, options, tls=url.scheme == "consuls"),
+            prefix=options["prefix"], dc=options["dc"], consistency=options["consistency"],
             watch_wait=options["watch_wait"],
         )
 
@@ -237,6 +224,14 @@ class _Settings:
     def where(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def agent(self) -> tuple[Any, ...]:
+        """What identifies a connection pool: the agent and how we talk to it (not the token)."""
+        return self.scheme, self.host, self.port, self.tls, self.timeout
+
+    def headers(self) -> dict[str, str]:
+        return {"X-Consul-Token": self.token} if self.token else {}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,63 +256,69 @@ def _raw(response: Any) -> Any:
     return response
 
 
-class _Agent:
-    """One HTTP connection pool to a Consul agent (a py-consul client)."""
+class _Pool:
+    """HTTP connections to one Consul agent (a py-consul client), shared by this process's backends.
 
-    def __init__(self, settings: _Settings, *, interruptible: bool = False) -> None:
+    ``size`` bounds the connections (callers wait for a free one); a feed's pool
+    holds the one connection of its blocking query and can abort it.
+    """
+
+    def __init__(self, settings: _Settings, *, size: int = POOL_SIZE, read_margin: float | None = None,
+                 interruptible: bool = False) -> None:
         self.settings = settings
-        verify: bool | str = settings.ca_cert or True
+        tls = settings.tls
+        # py-consul adds a blocking query's wait to the read timeout; ``read_margin`` is the rest.
         self._client: Any = consul.Consul(
-            host=settings.host, port=settings.port, scheme="https" if settings.scheme == "consuls" else "http",
-            verify=verify, cert=settings.client_cert, connections_timeout=settings.timeout)
-        # py-consul prefers CONSUL_HTTP_TOKEN over its argument; our options already resolved it.
-        self._client.token = settings.token
-        self._headers: dict[str, str] = self._client.prepare_headers()
-        self._dc = [("dc", settings.dc)] if settings.dc else []
-        self._abort = _track_connections(self._client.http.session) if interruptible else None
+            host=settings.host, port=settings.port, scheme="https" if tls else "http",
+            verify=(tls.ca_cert or True) if tls else True, cert=tls.client_pair if tls else None,
+            connections_timeout=read_margin or settings.timeout)
+        self._client.token = None  # py-consul would send CONSUL_HTTP_TOKEN itself; tokens are per call here
+        session = self._client.http.session
+        for prefix in ("http://", "https://"):
+            session.mount(prefix, HTTPAdapter(pool_connections=1, pool_maxsize=size, pool_block=True))
+        self._abort = _track_connections(session) if interruptible else None
 
-    def call(self, method: str, path: str, what: str, *, params: Sequence[tuple[str, str]] = (),
-             body: str | bytes = "", expect: Iterable[int] = (200,)) -> _Reply:
+    def call(self, method: str, path: str, what: str, *, headers: Mapping[str, str],
+             params: Sequence[tuple[str, str]] = (), body: str | bytes = "", expect: Iterable[int] = (200,),
+             redact: str | None = None) -> _Reply:
         """Send one request; return the reply if its status is expected, else raise a waypost error."""
         http = self._client.http
-        query = [*params, *self._dc]
         try:
             if method == "GET":
-                response = http.get(_raw, path, params=query, headers=self._headers)
+                response = http.get(_raw, path, params=list(params), headers=headers)
             elif method == "PUT":
-                response = http.put(_raw, path, params=query, headers=self._headers, data=body)
+                response = http.put(_raw, path, params=list(params), headers=headers, data=body)
             else:
-                response = http.delete(_raw, path, params=query, headers=self._headers)
-        except _SSLError as exc:
+                response = http.delete(_raw, path, params=list(params), headers=headers)
+        except consul.std.requests.exceptions.SSLError as exc:
             raise self._tls_error(exc, what) from exc
-        except (_RequestError, OSError, consul.ConsulException) as exc:
+        except (consul.std.requests.exceptions.ReadTimeout, TimeoutError) as exc:
+            raise Silent(f"{self.settings.where} did not answer in time while {what}") from exc
+        except (consul.std.requests.exceptions.RequestException, OSError, consul.ConsulException) as exc:
             raise BackendUnavailable(f"{self.settings.where} unreachable while {what} "
                                      f"({type(exc).__name__})") from exc
         index = response.headers.get("X-Consul-Index")
         reply = _Reply(int(response.code), int(index) if index and index.isdigit() else None, str(response.body))
         if reply.status in expect:
             return reply
-        raise self.status_error(reply, what)
+        raise self.status_error(reply, what, redact)
 
     def _tls_error(self, exc: BaseException, what: str) -> WaypostError:
         # A certificate problem will not go away by retrying; an EOF in the handshake (agent restarting) may.
         if "certificate" in str(exc).lower():
             return AuthenticationError(f"TLS handshake with {self.settings.where} failed while {what}: check "
-                                       "ca_cert / cert_cert / cert_key")
+                                       "ca_cert / client_cert / client_key")
         return BackendUnavailable(f"TLS connection to {self.settings.where} failed while {what}")
 
-    def status_error(self, reply: _Reply, what: str) -> WaypostError:
-        detail = self._redact(reply.body.strip())[:200]
+    def status_error(self, reply: _Reply, what: str, redact: str | None = None) -> WaypostError:
+        body = reply.body.strip()
+        detail = (body.replace(redact, "***") if redact else body)[:200]
         if reply.status in (401, 403):
             return AuthenticationError(f"{self.settings.where} denied {what}: {detail or 'ACL permission denied'} "
                                        "(check the ACL token and its policy)")
         if reply.status >= 500:
             return BackendUnavailable(f"{self.settings.where} failed {what}: HTTP {reply.status} {detail}")
         return WaypostError(f"{self.settings.where} refused {what}: HTTP {reply.status} {detail}")
-
-    def _redact(self, text: str) -> str:
-        token = self.settings.token
-        return text.replace(token, "***") if token else text
 
     def abort(self) -> None:
         """Break the connection under an in-flight request (another thread's blocking query)."""
@@ -335,12 +336,12 @@ def _track_connections(session: Any) -> Callable[[], None]:
 
     urllib3 pools only keep idle connections, so a blocking query cannot be
     interrupted through the session; shutting its socket down makes the
-    blocked read return at once (a watch's ``close()`` must be prompt).
+    blocked read return at once (closing a watch must be prompt).
     """
     connections: weakref.WeakSet[Any] = weakref.WeakSet()
 
-    def factory(base: type[HTTPConnectionPool]) -> Callable[..., HTTPConnectionPool]:
-        def make(host: str, port: int, **kwargs: Any) -> HTTPConnectionPool:
+    def factory(base: type[Any]) -> Callable[..., Any]:
+        def make(host: str, port: int, **kwargs: Any) -> Any:
             pool = base(host, port, **kwargs)
             new_conn = getattr(pool, "_new_conn", None)
             if new_conn is None:  # another urllib3: closing then waits for the query's end instead
@@ -351,7 +352,7 @@ def _track_connections(session: Any) -> Callable[[], None]:
                 connections.add(conn)
                 return conn
 
-            pool._new_conn = tracked  # type: ignore[method-assign]
+            pool._new_conn = tracked
             return pool
 
         return make
@@ -370,6 +371,60 @@ def _track_connections(session: Any) -> Callable[[], None]:
     return abort
 
 
+class _Shared:
+    """This process's pools (one per agent) and feeds (one per watched prefix), counted by their users."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pools: dict[tuple[Any, ...], list[Any]] = {}  # key -> [pool, users]
+        self.feeds: dict[tuple[Any, ...], _Feed] = {}
+
+    def pool(self, settings: _Settings) -> _Pool:
+        with self.lock:
+            entry = self.pools.get(settings.agent)
+            if entry is None:
+                entry = self.pools[settings.agent] = [_Pool(settings), 0]
+            entry[1] += 1
+            pool: _Pool = entry[0]
+            return pool
+
+    def release_pool(self, settings: _Settings) -> None:
+        with self.lock:
+            entry = self.pools.get(settings.agent)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del self.pools[settings.agent]
+        entry[0].close()
+
+    def feed(self, settings: _Settings, prefix: str, wait: float) -> _Feed:
+        key = (settings.agent, settings.token, settings.dc, settings.consistency, prefix, wait)
+        with self.lock:
+            feed = self.feeds.get(key)
+            if feed is None or feed.stopped:
+                feed = self.feeds[key] = _Feed(settings, prefix, wait, key)
+            feed.users += 1
+            return feed
+
+    def release_feed(self, feed: _Feed) -> None:
+        with self.lock:
+            feed.users -= 1
+            if feed.users > 0:
+                return
+            if self.feeds.get(feed.key) is feed:
+                del self.feeds[feed.key]
+        feed.stop()
+
+    def feeds_covering(self, key: str) -> list[_Feed]:
+        with self.lock:
+            return [feed for feed in self.feeds.values() if key.startswith(feed.prefix)]
+
+
+_shared = _Shared()
+
+
 # ----------------------------------------------------------------------------------------------
 # KV helpers
 # ----------------------------------------------------------------------------------------------
@@ -377,15 +432,36 @@ def _track_connections(session: Any) -> Callable[[], None]:
 _Entries = dict[str, tuple[int, bytes]]  # relative key -> (ModifyIndex, value)
 
 
-def _decode_entries(payload: Any, root: str) -> _Entries:
+def _decode_entries(payload: Any, prefix: str) -> _Entries:
     entries: _Entries = {}
     for item in payload or ():
-        key = str(item["Key"])
-        if not key.startswith(root):
-            continue
-        raw = item.get("Value")
-        entries[key[len(root):]] = (int(item.get("ModifyIndex", 0)), base64.b64decode(raw) if raw else b"")
+        try:
+            key = str(item["Key"])
+            raw = item.get("Value")
+            value = base64.b64decode(raw) if raw else b""
+            index = int(item.get("ModifyIndex", 0))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue  # not a KV entry as Consul sends them: nothing a watch could use
+        if key.startswith(prefix):
+            entries[key[len(prefix):]] = (index, value)
     return entries
+
+
+def _read_prefix(pool: _Pool, settings: _Settings, prefix: str, index: int | None = None,
+                 wait: float | None = None) -> _Reply:
+    """One recursive read of ``prefix``; a blocking query when ``index`` is given."""
+    params = [("recurse", "1"), *([("dc", settings.dc)] if settings.dc else [])]
+    if settings.consistency != "default":
+        params.append((settings.consistency, "1"))
+    if index is not None and wait is not None:
+        params += [("index", str(index)), ("wait", _duration(wait))]
+    return pool.call("GET", f"/v1/kv/{settings.prefix}{prefix}", f"reading {prefix}", headers=settings.headers(),
+                     params=params, expect=(200, 404), redact=settings.token)
+
+
+def _items(reply: _Reply, settings: _Settings) -> tuple[_Entries, list[tuple[str, bytes]]]:
+    entries = _decode_entries(reply.json() if reply.status == 200 else None, settings.prefix)
+    return entries, sorted((key, value) for key, (_, value) in entries.items())
 
 
 def _duration(seconds: float) -> str:
@@ -408,164 +484,172 @@ def _txn_errors(reply: _Reply) -> list[str]:
     return [str(error.get("What", "")) for error in payload.get("Errors") or ()]
 
 
-class _Backoff:
-    def __init__(self) -> None:
-        self.delay = _BACKOFF_MIN
-
-    def next(self) -> float:
-        delay, self.delay = self.delay, min(self.delay * 2, _BACKOFF_MAX)
-        return delay
-
-    def reset(self) -> None:
-        self.delay = _BACKOFF_MIN
-
-
 # ----------------------------------------------------------------------------------------------
-# watch
+# watch: one feed per prefix, fanned out to the watches
 # ----------------------------------------------------------------------------------------------
 
-class _ConsulWatch:
-    """Blocking queries on a KV prefix, diffed into sink calls.
+_Answer = tuple[int, _Entries, list[tuple[str, bytes]]] | WaypostError  # (index, entries, items) or an error
 
-    Two threads: the fetcher only sends blocking queries, re-sending the next
-    one as soon as an answer arrives; the applier diffs answers into sink
-    calls. Keeping the diffing off the fetcher shortens the time between two
-    queries, so fewer intermediate states are missed.
 
-    Writers of the same backend wait in :meth:`wait_seen` until the watch has
-    delivered their change (a fence), so a process's own changes are never
-    merged into one state.
+class _Feed:
+    """One blocking query on a prefix, shared by every watch of that prefix in this process.
+
+    Its thread sends the queries on a connection of its own; each answer is a
+    complete state, handed to every subscribed watch (each keeps only the
+    newest, so a slow watch skips states, never falls behind). Writers fence
+    on the feed: they wait until every subscribed watch applied their change.
     """
 
-    def __init__(self, backend: ConsulBackend, agent: _Agent, prefix: str, sink: WatchSink,
-                 entries: _Entries, index: int) -> None:
-        self._backend = backend
-        self._agent = agent
-        self._prefix = prefix
-        self._sink = sink
-        self._entries = entries
-        self._index = index
-        self._replies: queue.SimpleQueue[_Reply | WaypostError | None] = queue.SimpleQueue()
-        self._lock = threading.RLock()  # held around sink calls, so none happens after close()
+    def __init__(self, settings: _Settings, prefix: str, wait: float, key: tuple[Any, ...]) -> None:
+        self.settings = settings
+        self.prefix = prefix
+        self.key = key
+        self.users = 0
         self._stop = threading.Event()
-        # What the sink has been given so far, for writers' fences.
-        self._seen = threading.Condition()
-        self._seen_index = index
-        self._seen_keys = frozenset(entries)
-        self._healthy = True
-        self._fetcher = threading.Thread(target=self._fetch, name="waypost-consul-watch", daemon=True)
-        self._applier = threading.Thread(target=self._apply_all, name="waypost-consul-watch-apply", daemon=True)
-        self._applier.start()
-        self._fetcher.start()
+        self._wait = wait
+        # A silent agent must time the read out well within the watch's silence limit.
+        self._pool = _Pool(settings, size=1, interruptible=True, read_margin=min(settings.timeout, wait / 2 + 0.2))
+        self._cond = threading.Condition()
+        self._watches: list[_ConsulWatch] = []
+        self._thread = threading.Thread(target=self._run, name="waypost-consul-watch", daemon=True)
+        self._started = False
 
-    def _fetch(self) -> None:
-        backoff = _Backoff()
-        index: int | None = max(self._index, 1)  # Consul: never block on index 0
+    def subscribe(self, watch: _ConsulWatch) -> None:
+        with self._cond:
+            self._watches.append(watch)
+            if not self._started:
+                self._started = True
+                self._thread.start()
+
+    def unsubscribe(self, watch: _ConsulWatch) -> None:
+        with self._cond:
+            if watch in self._watches:
+                self._watches.remove(watch)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        backoff = Backoff()
+        index: int | None = None
         try:
-            while not self._stop.is_set():
+            while not self.stopped:
                 try:
-                    reply = self._backend.read_prefix(self._prefix, self._agent, index=index)
+                    reply = _read_prefix(self._pool, self.settings, self.prefix, index=index, wait=self._wait)
                 except WaypostError as exc:
                     if self._stop.is_set():
                         return
-                    self._replies.put(exc)
-                    index = None  # re-list without blocking once the agent answers again
+                    self._hand_out(exc)
+                    index = None  # re-read without blocking once the agent answers again
                     self._stop.wait(backoff.next())
                     continue
                 backoff.reset()
-                self._replies.put(reply)
-                # Follow the index even when it went backwards (Consul's advice): the applier resyncs.
+                entries, items = _items(reply, self.settings)
+                self._hand_out((reply.index or 0, entries, items))
+                # Follow the index even when it went backwards (Consul's advice): watches resync.
                 index = max(reply.index or 1, 1)
         finally:
-            self._replies.put(None)
-            self._agent.close()
+            self._pool.close()
 
-    def _apply_all(self) -> None:
-        resync: str | None = None
-        while (item := self._replies.get()) is not None:
-            if isinstance(item, WaypostError):
-                resync = f"reconnected after: {item}"
-                self._deliver(functools.partial(self._sink.interrupted, str(item)))
-                self._publish(healthy=False)
-                continue
-            try:
-                self._apply(item, resync)
-                resync = None
-            except Exception as exc:  # a reply we cannot read: say so, and re-list from the next one
-                _log.exception("watch on %s could not apply a Consul reply", self._prefix)
-                resync = f"recovered from an unreadable reply: {exc}"
-                self._deliver(functools.partial(self._sink.interrupted, resync))
+    def _hand_out(self, answer: _Answer) -> None:
+        with self._cond:
+            watches = list(self._watches)
+        for watch in watches:
+            watch.offer(answer)
 
-    def _apply(self, reply: _Reply, resync: str | None) -> None:
-        entries = _decode_entries(reply.json() if reply.status == 200 else None, self._backend.settings.root)
-        index = reply.index or 0
-        # A lower index with the very same entries is Consul reaping tombstones, not new data.
-        if resync is None and index < self._index and entries != self._entries:
-            resync = f"the Consul index went backwards ({self._index} -> {index}): the servers' state was replaced"
-        old, self._entries, self._index = self._entries, entries, index
-        if resync is not None:
-            self._deliver(lambda: self._sink.reset(sorted((k, v) for k, (_, v) in entries.items()), resync))
-            self._publish(healthy=True)
-            return
-        puts = sorted((mi, key, value) for key, (mi, value) in entries.items() if old.get(key, (None,))[0] != mi)
-        deletes = sorted(key for key in old if key not in entries)
-        # Blocking queries give states, not histories: a delete is known to be the latest
-        # change only when the reply's index is above every put's.
-        deletes_last = bool(deletes) and index > max((mi for mi, _, _ in puts), default=0)
+    def applied(self) -> None:
+        """A watch applied an answer: wake the writers fenced on this feed."""
+        with self._cond:
+            self._cond.notify_all()
 
-        def deliver() -> None:
-            for key in () if deletes_last else deletes:
-                self._sink.delete(key)
-            for _, key, value in puts:
-                self._sink.put(key, value)
-            for key in deletes if deletes_last else ():
-                self._sink.delete(key)
+    def fence(self, key: str, index: int | None, deadline: float) -> None:
+        """Wait until every watch applied a state at or after a write: put at ``index``, or delete (``None``)."""
+        def seen() -> bool:
+            return all(w.has_seen(key, index) for w in self._watches)
 
-        if puts or deletes:
-            self._deliver(deliver)
-        self._publish(healthy=True)
-
-    def _publish(self, *, healthy: bool) -> None:
-        with self._seen:
-            self._seen_index, self._seen_keys, self._healthy = self._index, frozenset(self._entries), healthy
-            self._seen.notify_all()
+        with self._cond:
+            self._cond.wait_for(seen, max(deadline - time.monotonic(), 0.0))
 
     @property
-    def prefix(self) -> str:
-        return self._prefix
+    def stopped(self) -> bool:
+        return self._stop.is_set()
 
-    def wait_seen(self, key: str, index: int | None, deadline: float) -> None:
-        """Wait until the sink got a state at or after a write: put at ``index``, or delete (``None``)."""
-        if threading.current_thread() is self._applier:
-            return  # written from inside a sink call: waiting would only delay it
+    def stop(self) -> None:
+        self._stop.set()
+        self._pool.abort()
+        if self._started and self._thread is not threading.current_thread():
+            self._thread.join(self.settings.timeout)
 
-        def seen() -> bool:
-            if self._stop.is_set() or not self._healthy:
-                return True
-            return self._seen_index >= index if index is not None else key not in self._seen_keys
 
-        with self._seen:
-            self._seen.wait_for(seen, max(deadline - time.monotonic(), 0.0))
+class _ConsulWatch(WatchLoop):
+    """A watch of one prefix: its own snapshot, then the states of the prefix's shared feed."""
 
-    def _deliver(self, call: Callable[[], None]) -> None:
-        with self._lock:
-            if not self._stop.is_set():
-                call()
+    thread_name = "waypost-consul-watch-apply"
 
-    def close(self) -> None:
-        with self._lock:
-            self._stop.set()
-        self._backend.forget_watch(self)
-        with self._seen:
-            self._seen.notify_all()
-        current = threading.current_thread()
-        deadline = time.monotonic() + self._backend.settings.timeout
-        # Abort again until the fetcher is gone: its next request may have been opening a connection.
-        while current is not self._fetcher and self._fetcher.is_alive() and time.monotonic() < deadline:
-            self._agent.abort()
-            self._fetcher.join(0.05)
-        if current is not self._applier:
-            self._applier.join(max(deadline - time.monotonic(), 0.0))
+    def __init__(self, backend: ConsulBackend, prefix: str, sink: WatchSink) -> None:
+        super().__init__(prefix, sink, silence_limit=backend.silence_limit, join_timeout=backend.settings.timeout,
+                         on_close=backend._watches.forget)
+        self._backend = backend
+        self._feed = _shared.feed(backend.settings, prefix, backend.watch_wait)
+        self._slot = threading.Condition()
+        self._answer: _Answer | None = None  # the newest answer not applied yet
+        self._index = 0
+        self._entries: _Entries = {}
+        self._applied: tuple[int, frozenset[str]] | None = None  # for writers' fences; None while broken
+        self._applier: threading.Thread | None = None
+
+    def snapshot(self) -> list[tuple[str, bytes]]:
+        reply = _read_prefix(self._backend._pool, self._backend.settings, self.prefix)
+        entries, items = _items(reply, self._backend.settings)
+        self._index, self._entries = reply.index or 0, entries
+        self._publish_applied()
+        self._feed.subscribe(self)
+        return items
+
+    def offer(self, answer: _Answer) -> None:
+        with self._slot:
+            self._answer = answer
+            self._slot.notify_all()
+
+    def follow(self) -> None:
+        self._applier = threading.current_thread()
+        while not self.stopped:
+            with self._slot:
+                self._slot.wait_for(lambda: self._answer is not None or self.stopped, self.silence_limit)
+                answer, self._answer = self._answer, None
+            if answer is None:
+                continue  # the feed reports silence itself, within the limit
+            if isinstance(answer, WaypostError):
+                self._applied = None
+                self._feed.applied()
+                raise answer
+            self._apply(*answer)
+
+    def _apply(self, index: int, entries: _Entries, items: list[tuple[str, bytes]]) -> None:
+        if index < self._index and entries != self._entries:
+            raise Resync(f"the Consul index went backwards ({self._index} -> {index}): the servers' state was "
+                         "replaced")
+        if index >= self._index or entries != self._entries:  # an older index with the same data: tombstones
+            self.state(items)
+        self._index, self._entries = index, entries
+        self._publish_applied()
+        self.caught_up()
+
+    def _publish_applied(self) -> None:
+        self._applied = (self._index, frozenset(self._entries))
+        self._feed.applied()
+
+    def has_seen(self, key: str, index: int | None) -> bool:
+        if self.stopped or self._applied is None or threading.current_thread() is self._applier:
+            return True  # broken or closed: nothing to wait for; inside a sink call: waiting would deadlock
+        seen_index, keys = self._applied
+        return seen_index >= index if index is not None else key not in keys
+
+    def interrupt(self) -> None:
+        with self._slot:
+            self._slot.notify_all()
+
+    def release(self) -> None:
+        self._feed.unsubscribe(self)
+        _shared.release_feed(self._feed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -582,16 +666,23 @@ class ConsulBackend(Backend):
     options: ClassVar[tuple[Option, ...]] = OPTIONS
     #: Consul's own floor is the agent's session_ttl_min (10 s unless configured lower).
     min_ttl: ClassVar[float] = 1.0
+    requires: ClassVar[tuple[str, ...]] = ("consul",)
+    extra: ClassVar[str | None] = "consul"
 
     def __init__(self, settings: _Settings) -> None:
         self.settings = settings
-        self._agent = _Agent(settings)
+        self._pool = _shared.pool(settings)
         self._lock = threading.Lock()
         self._sessions: dict[int, str] = {}  # our leases: instance id -> session id
         # Ids whose session we held and lost: revoking one of them must not reach whoever holds the id now.
         self._lost: set[int] = set()
-        self._watches: set[_ConsulWatch] = set()
-        self._closed = False
+        self._watches: WatchRegistry[_ConsulWatch] = WatchRegistry(self.describe)
+        self.silence_limit = 10.0  # max(ttl, 1 s) once a lease is granted
+
+    @property
+    def watch_wait(self) -> float:
+        wait = self.settings.watch_wait
+        return wait if wait is not None else min(5.0, self.silence_limit / 2)
 
     @classmethod
     def from_url(cls, url: ParsedURL, options: Mapping[str, Any]) -> ConsulBackend:
@@ -603,13 +694,19 @@ class ConsulBackend(Backend):
             raise
         return backend
 
+    def _call(self, method: str, path: str, what: str, *, body: str | bytes = "",
+              expect: Iterable[int] = (200,)) -> _Reply:
+        params = [("dc", self.settings.dc)] if self.settings.dc else []
+        return self._pool.call(method, path, what, headers=self.settings.headers(), params=params, body=body,
+                               expect=expect, redact=self.settings.token)
+
     def _check_leader(self) -> None:
         what = "asking for the cluster leader"
-        reply = self._agent.call("GET", "/v1/status/leader", what, expect=(200, 500))
+        reply = self._call("GET", "/v1/status/leader", what, expect=(200, 500))
         if reply.status == 500 and "No path to datacenter" in reply.body:
             raise ConfigError(f"{self.describe()} knows no datacenter {self.settings.dc!r} (option dc)")
         if reply.status != 200:
-            raise self._agent.status_error(reply, what)
+            raise self._pool.status_error(reply, what, self.settings.token)
         if not reply.json():
             raise BackendUnavailable(f"{self.describe()} has no cluster leader")
 
@@ -620,18 +717,17 @@ class ConsulBackend(Backend):
         return f"<ConsulBackend {self.describe()}>"
 
     def _check(self) -> None:
-        if self._closed:
-            raise Closed(f"{self.describe()} backend is closed")
+        self._watches.check_open()
 
     def _kv_path(self, key: str) -> str:
-        return f"/v1/kv/{self.settings.root}{key}"
+        return f"/v1/kv/{self.settings.prefix}{key}"
 
     def _lease_key(self, lease_id: int) -> str:
-        return f"{self.settings.root}{LEASE_DIR}{lease_id:x}"
+        return f"{self.settings.prefix}{LEASE_DIR}{lease_id:x}"
 
     def _txn(self, ops: list[dict[str, Any]], what: str) -> tuple[list[str], int]:
         """Run a transaction; return Consul's error messages (none if it committed) and its index."""
-        reply = self._agent.call("PUT", "/v1/txn", what, body=json.dumps(ops), expect=(200, 409))
+        reply = self._call("PUT", "/v1/txn", what, body=json.dumps(ops), expect=(200, 409))
         if reply.status == 409:
             return _txn_errors(reply), 0
         results = (reply.json() or {}).get("Results") or ()
@@ -640,6 +736,7 @@ class ConsulBackend(Backend):
     # leases -----------------------------------------------------------------------------------
     def grant_lease(self, ttl: float, preferred_id: int | None = None) -> Lease:
         self._check()
+        self.silence_limit = max(ttl, 1.0)
         while True:
             lease_id = preferred_id or random_instance_id()
             session = self._create_session(lease_id, ttl)
@@ -664,17 +761,17 @@ class ConsulBackend(Backend):
     def _create_session(self, lease_id: int, ttl: float) -> str:
         body = json.dumps({"Name": f"waypost/{lease_id:x}", "Behavior": "delete",
                            "TTL": _duration(ttl), "LockDelay": "0s"})
-        reply = self._agent.call("PUT", "/v1/session/create", "creating a session", body=body, expect=(200, 500))
+        reply = self._call("PUT", "/v1/session/create", "creating a session", body=body, expect=(200, 500))
         if reply.status == 500:
             if "Session TTL" in reply.body:
                 raise ConfigError(f"{self.describe()} refused ttl={ttl} s ({reply.body.strip()}): Consul's minimum "
                                   "is the agent's session_ttl_min, 10 s by default")
-            raise self._agent.status_error(reply, "creating a session")
+            raise self._pool.status_error(reply, "creating a session", self.settings.token)
         return str(reply.json()["ID"])
 
     def _destroy_quietly(self, session: str) -> None:
         try:
-            self._agent.call("PUT", f"/v1/session/destroy/{session}", "destroying a session")
+            self._call("PUT", f"/v1/session/destroy/{session}", "destroying a session")
         except WaypostError as exc:  # it expires on its own within 2 x ttl
             _log.debug("could not destroy session (%s)", exc)
 
@@ -688,7 +785,7 @@ class ConsulBackend(Backend):
     def keep_alive(self, lease: Lease) -> None:
         self._check()
         session = self._session_of(lease)
-        reply = self._agent.call("PUT", f"/v1/session/renew/{session}", f"renewing lease {lease.id:x}",
+        reply = self._call("PUT", f"/v1/session/renew/{session}", f"renewing lease {lease.id:x}",
                                  expect=(200, 404))
         if reply.status == 404:
             self._forget(lease.id, session)
@@ -708,17 +805,17 @@ class ConsulBackend(Backend):
                 self._lost.discard(lease_id)
                 return  # our session of that id is already gone; the id may be another Runtime's now
         if session is None:  # another Runtime's lease: its session holds the lease key
-            reply = self._agent.call("GET", f"/v1/kv/{self._lease_key(lease_id)}", f"finding lease {lease_id:x}",
+            reply = self._call("GET", f"/v1/kv/{self._lease_key(lease_id)}", f"finding lease {lease_id:x}",
                                      expect=(200, 404))
             entries = reply.json() if reply.status == 200 else None
             session = entries[0].get("Session") if entries else None
         if session:
-            self._agent.call("PUT", f"/v1/session/destroy/{session}", f"revoking lease {lease_id:x}")
+            self._call("PUT", f"/v1/session/destroy/{session}", f"revoking lease {lease_id:x}")
 
     # keys ---------------------------------------------------------------------------------------
     def create(self, lease: Lease, key: str, value: bytes) -> None:
         self._check()
-        full = self.settings.root + key
+        full = self.settings.prefix + key
         session = self._session_of(lease)
         errors, index = self._txn([_kv_op("check-not-exists", full), _kv_op("lock", full, value, session)],
                                   f"registering {key}")
@@ -732,7 +829,7 @@ class ConsulBackend(Backend):
 
     def _entry_if_held(self, key: str, session: str) -> tuple[int, bytes] | None:
         """``(ModifyIndex, value)`` of ``key`` if ``session`` holds it, else ``None``."""
-        reply = self._agent.call("GET", self._kv_path(key), f"reading {key}", expect=(200, 404))
+        reply = self._call("GET", self._kv_path(key), f"reading {key}", expect=(200, 404))
         entries = reply.json() if reply.status == 200 else None
         entry = entries[0] if entries else None
         if entry is None or entry.get("Session") != session:
@@ -742,7 +839,7 @@ class ConsulBackend(Backend):
 
     def replace(self, lease: Lease, key: str, value: bytes) -> None:
         self._check()
-        errors, index = self._txn([_kv_op("lock", self.settings.root + key, value, self._session_of(lease))],
+        errors, index = self._txn([_kv_op("lock", self.settings.prefix + key, value, self._session_of(lease))],
                                   f"updating {key}")
         self._raise_txn(errors, lease, key)
         self._fence(key, index)
@@ -765,7 +862,7 @@ class ConsulBackend(Backend):
             return  # no session of ours: Consul deleted whatever it held (Behavior=delete)
         # Only while our session holds it: a key of the same name may belong to a newer lease
         # with the same instance id (ours was lost, another Runtime took the id over).
-        full = self.settings.root + key
+        full = self.settings.prefix + key
         errors, _ = self._txn([_kv_op("check-session", full, session=session), _kv_op("delete", full)],
                               f"unregistering {key}")
         if not errors:
@@ -777,71 +874,23 @@ class ConsulBackend(Backend):
         # Missing, or held by another session: not ours, nothing to do.
 
     def _fence(self, key: str, index: int | None) -> None:
-        """Return once this backend's watches on ``key`` delivered our write (put at ``index``, or delete).
+        """Return once this process's watches on ``key`` delivered our write (put at ``index``, or delete).
 
         Blocking queries return states, so two quick writes can reach a watch as
         one state and an intermediate one is lost (a key added and removed at
         once never shows). Waiting here keeps a process's own writes apart.
         """
-        with self._lock:
-            watches = [w for w in self._watches if key.startswith(w.prefix)]
         deadline = time.monotonic() + min(self.settings.timeout, _FENCE_MAX)
-        for watch in watches:
-            watch.wait_seen(key, index, deadline)
-
-    def forget_watch(self, watch: _ConsulWatch) -> None:
-        with self._lock:
-            self._watches.discard(watch)
-
-    def read_prefix(self, prefix: str, agent: _Agent | None = None, index: int | None = None) -> _Reply:
-        """One recursive read of ``prefix``; a blocking query when ``index`` is given."""
-        params = [("recurse", "1")]
-        if self.settings.consistency != "default":
-            params.append((self.settings.consistency, "1"))
-        if index is not None:
-            params += [("index", str(index)), ("wait", _duration(self.settings.watch_wait))]
-        return (agent or self._agent).call("GET", self._kv_path(prefix), f"reading {prefix}", params=params,
-                                           expect=(200, 404))
+        for feed in _shared.feeds_covering(key):
+            feed.fence(key, index, deadline)
 
     def list(self, prefix: str) -> list[tuple[str, bytes]]:
         self._check()
-        reply = self.read_prefix(prefix)
-        entries = _decode_entries(reply.json() if reply.status == 200 else None, self.settings.root)
-        return sorted((key, value) for key, (_, value) in entries.items())
+        return _items(_read_prefix(self._pool, self.settings, prefix), self.settings)[1]
 
     def watch(self, prefix: str, sink: WatchSink) -> WatchHandle:
-        self._check()
-        # The snapshot goes through the watch's own connection, so its first blocking query
-        # leaves at once instead of after a (TLS) handshake, while changes may already happen.
-        agent = _Agent(self.settings, interruptible=True)
-        try:
-            reply = self.read_prefix(prefix, agent)
-            entries = _decode_entries(reply.json() if reply.status == 200 else None, self.settings.root)
-            sink.reset(sorted((key, value) for key, (_, value) in entries.items()), None)
-        except BaseException:
-            agent.close()
-            raise
-        watch = _ConsulWatch(self, agent, prefix, sink, entries, reply.index or 1)
-        with self._lock:
-            self._watches.add(watch)
-        return watch
+        return self._watches.open(_ConsulWatch(self, prefix, sink))
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        with self._lock:
-            watches = list(self._watches)
-        for watch in watches:  # normally closed by the Runtime already; never leave threads behind
-            watch.close()
-        self._agent.close()
-
-
-@hookimpl
-def waypost_backend_class(scheme: str) -> type[Backend] | None:
-    return ConsulBackend if scheme in ConsulBackend.schemes else None
-
-
-@hookimpl
-def waypost_backend(url: ParsedURL, options: Mapping[str, Any]) -> Backend | None:
-    return ConsulBackend.from_url(url, options) if url.scheme in ConsulBackend.schemes else None
+        if self._watches.close():  # normally closed by the Runtime already; never leave threads behind
+            _shared.release_pool(self.settings)

@@ -17,23 +17,27 @@ Options (keyword > URL query > environment > default)
     ``timeout``
         seconds any single etcd operation may take, retries and fail-over
         included, before :class:`~waypost.BackendUnavailable` (default 5).
-        A watch reports a silent (paused, partitioned) server within about
-        ``1.5 * min(2, timeout/2) + timeout`` seconds.
-    ``ca_cert``, ``cert_cert``, ``cert_key``
+        A watch reports a silent (paused, partitioned) server within
+        ``max(ttl, 1)`` seconds plus one round trip, and moves to the next
+        member.
+    ``ca_cert``, ``client_cert``, ``client_key``
         PEM files: the CA that signed the server certificate, and the client
         certificate and key for mutual TLS (env ``ETCD_AUTH_CA``,
         ``ETCD_AUTH_CLIENT_CERT``, ``ETCD_AUTH_CLIENT_KEY``). They need
-        ``etcds://``.
+        ``etcds://``. (``cert_cert``/``cert_key`` are their former names.)
     ``user``, ``password``
         etcd user/password authentication (env ``ETCD_AUTH_USERNAME``,
         ``ETCD_AUTH_PASSWORD``); may also be the URL's ``user:password@``
         (giving both, with different values, is an error). Works over
         ``etcd://`` too, where the password travels in clear text. The auth
         token is renewed transparently when etcd reports it invalid (expired
-        after ``--auth-token-ttl``, or lost in a member restart).
-    ``root``
+        after ``--auth-token-ttl``, or lost in a member restart) and when
+        calls time out with it (a server that lost its data cannot honour a
+        token from before).
+    ``prefix``
         key prefix (default empty, so keys are exactly Dynamo's
-        ``v1/instances/…``); a ``/`` is appended when missing.
+        ``v1/instances/…``); a ``/`` is appended when missing. (``root`` is
+        its former name.)
 
 Semantics
     One etcd lease per Runtime; its id is the ``instance_id`` (after a lease
@@ -70,12 +74,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import queue
 import random
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -85,8 +87,8 @@ from waypost.core import (
     AlreadyRegistered,
     AuthenticationError,
     Backend,
-    BackendNotInstalled,
     BackendUnavailable,
+    Backoff,
     Capability,
     Closed,
     ConfigError,
@@ -94,21 +96,27 @@ from waypost.core import (
     LeaseLost,
     Option,
     ParsedURL,
+    Resync,
+    Silent,
+    TLSFiles,
     WatchHandle,
+    WatchLoop,
+    WatchRegistry,
     WatchSink,
     WaypostError,
-    hookimpl,
+    hosts,
     parse_float,
     parse_str,
+    prefix_option,
+    tls_files,
+    tls_options,
 )
 
 try:
     import grpc
     from pyetcd import etcdrpc
-except ImportError as _exc:  # pragma: no cover - depends on the installed extras
-    raise BackendNotInstalled(
-        f"the etcd:// backend needs etcd-sdk-python and grpcio ({_exc}): pip install 'waypost[etcd]'"
-    ) from _exc
+except ImportError:  # the class stays importable: connect() names the extra to install
+    grpc = etcdrpc = None
 
 __all__ = ["EtcdBackend"]
 
@@ -125,10 +133,10 @@ _CHANNEL_OPTIONS = (
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
-# Status codes after which another attempt (maybe on another member) can succeed.
-_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-_BACKOFF_MIN = 0.05
-_BACKOFF_MAX = 2.0
+
+def _retryable(code: Any) -> bool:
+    """After these status codes another attempt (maybe on another member) can succeed."""
+    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 Invoke = Callable[["_Stubs", float, Any], Any]  # (stubs, attempt timeout, call metadata) -> response
 
@@ -140,14 +148,11 @@ Invoke = Callable[["_Stubs", float, Any], Any]  # (stubs, attempt timeout, call 
 @dataclass(frozen=True)
 class _Settings:
     targets: tuple[str, ...]
-    tls: bool
-    ca_cert: str | None
-    cert_cert: str | None
-    cert_key: str | None
+    tls: TLSFiles | None
     user: str | None
     password: str | None = field(repr=False)
     timeout: float
-    root: str
+    prefix: str
 
     @property
     def where(self) -> str:
@@ -156,30 +161,13 @@ class _Settings:
 
 def _settings(url: ParsedURL, options: Mapping[str, Any]) -> _Settings:
     """Validate the URL and options together; every message is free of secrets."""
-    if not url.hosts:
-        raise ConfigError("etcd:// URL needs at least one host, e.g. etcd://127.0.0.1:2379")
-    targets = tuple(_target(host, port) for host, port in url.hosts)
-    tls = url.scheme == "etcds"
-    ca_cert, cert_cert, cert_key = options["ca_cert"], options["cert_cert"], options["cert_key"]
-    if not tls and (ca_cert or cert_cert or cert_key):
-        raise ConfigError("ca_cert/cert_cert/cert_key are TLS options: use an etcds:// URL")
-    if bool(cert_cert) != bool(cert_key):
-        raise ConfigError("mutual TLS needs both cert_cert and cert_key")
+    targets = tuple(str(h) for h in hosts(url, DEFAULT_PORT, default_host=None))
+    tls = tls_files(url, options, tls=url.scheme == "etcds")
     user = _one_of(url.username, options["user"], "user")
     password = _one_of(url.password, options["password"], "password")
     if (user is None) != (password is None):
         raise ConfigError("etcd authentication needs both user and password")
-    root = options["root"] or ""
-    if root and not root.endswith("/"):
-        root += "/"
-    return _Settings(targets, tls, ca_cert, cert_cert, cert_key, user, password, options["timeout"], root)
-
-
-def _target(host: str, port: int | None) -> str:
-    if not host:
-        raise ConfigError("empty host in etcd:// URL")
-    host = f"[{host}]" if ":" in host else host  # IPv6 literal
-    return f"{host}:{port or DEFAULT_PORT}"
+    return _Settings(targets, tls, user, password, options["timeout"], options["prefix"])
 
 
 def _one_of(from_url: str | None, from_option: str | None, name: str) -> str | None:
@@ -188,22 +176,9 @@ def _one_of(from_url: str | None, from_option: str | None, name: str) -> str | N
     return from_url if from_url is not None else from_option
 
 
-def _read_pem(path: str | None, option: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        with open(os.path.expanduser(path), "rb") as file:
-            return file.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {option}={path!r}: {exc.strerror}") from None
-
-
-def _channel_credentials(settings: _Settings) -> Any:
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read_pem(settings.ca_cert, "ca_cert"),
-        private_key=_read_pem(settings.cert_key, "cert_key"),
-        certificate_chain=_read_pem(settings.cert_cert, "cert_cert"),
-    )
+def _channel_credentials(files: TLSFiles) -> Any:
+    ca, cert, key = files.read()
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,7 +242,7 @@ class _Connection:
         self.settings = settings
         self.timeout = settings.timeout
         self.where = settings.where
-        self._credentials = _channel_credentials(settings) if settings.tls else None
+        self._credentials = _channel_credentials(settings.tls) if settings.tls else None
         self._stubs: list[_Stubs | None] = [None] * len(settings.targets)
         # Start on a random member so that many clients spread over the cluster.
         self._current = random.randrange(len(settings.targets))
@@ -336,24 +311,28 @@ class _Connection:
         An invalid auth token is renewed once. Errors leave through :meth:`error`.
         """
         deadline = time.monotonic() + self.timeout if deadline is None else deadline
-        attempt = 0
+        attempt, backoff = 0, Backoff(maximum=0.5)
         while True:
             index = self.current()
             token = self._token
             try:
                 return invoke(self.stubs(index), self._attempt_timeout(deadline), self.metadata())
             except Exception as exc:
-                if renew and _is_invalid_token(exc):
+                timed_out = _status(exc)[0] is grpc.StatusCode.DEADLINE_EXCEEDED
+                if renew and (_is_invalid_token(exc) or (token and timed_out)):
+                    # An invalid token, or calls that time out with one: after a server lost its data a
+                    # token from before names a revision it will never reach, and it waits for it.
                     renew = False
                     self.authenticate(deadline, stale=token)
                     continue
-                retryable = _status(exc)[0] in _RETRYABLE
+                retryable = _retryable(_status(exc)[0])
                 if retryable:
                     self.fail_over(index)  # even when out of time: the next call starts elsewhere
                 if not retryable or time.monotonic() >= deadline or self.closed.is_set():
                     raise self.error(exc, what) from exc
                 attempt += 1
-                self._backoff(attempt, deadline)
+                if attempt % len(self.settings.targets) == 0:  # every member tried once more: wait a little
+                    self.closed.wait(min(backoff.next(), max(deadline - time.monotonic(), 0.0)))
 
     def error(self, exc: BaseException, what: str) -> WaypostError:
         """The one way out for client-library errors: translated, password scrubbed."""
@@ -364,13 +343,6 @@ class _Connection:
         members = len(self.settings.targets)
         # With several members, leave time to try another one after a silent member.
         return remaining if members == 1 else max(remaining / members, min(remaining / 2, 1.0))
-
-    def _backoff(self, attempt: int, deadline: float) -> None:
-        if attempt % len(self.settings.targets):
-            return  # try the next member right away
-        rounds = attempt // len(self.settings.targets)
-        delay = min(_BACKOFF_MIN * 2 ** (rounds - 1), 0.5, max(deadline - time.monotonic(), 0.0))
-        self.closed.wait(delay)
 
     def close(self) -> None:
         with self._lock:
@@ -407,15 +379,11 @@ def _range_end(key: bytes) -> bytes:
 # ----------------------------------------------------------------------------------------------
 
 class _StreamLost(BackendUnavailable):
-    """The watch stream ended; ``stalled`` when the server stopped answering."""
-
-    def __init__(self, message: str, stalled: bool = False) -> None:
-        super().__init__(message)
-        self.stalled = stalled
+    """The watch stream ended (the member closed or broke it)."""
 
 
-class _Resync(Exception):
-    """The stream cannot continue from history: re-list."""
+class _Silent(_StreamLost, Silent):
+    """The member stopped answering (paused, partitioned)."""
 
 
 _TIMEOUT = object()
@@ -480,96 +448,58 @@ class _Stream:
                 _log.warning("etcd watch stream reader did not stop after cancel; leaving it behind")
 
 
-class _EtcdWatch:
-    """A watch of one prefix: a supervising thread owning a (re)connecting stream."""
+class _EtcdWatch(WatchLoop):
+    """A watch of one prefix: a range read at revision R, then a stream from R+1 (resumed after breaks).
+
+    The stream goes to the member in use; an idle stream is probed with etcd
+    progress requests (falling back to a one-key linearizable read, because
+    etcd 3.5 defers progress answers while a watcher catches up), so a silent
+    member is left for the next one within ``silence_limit``.
+    """
+
+    thread_name = "waypost-etcd-watch"
+    resumable = True
 
     def __init__(self, backend: EtcdBackend, prefix: str, sink: WatchSink) -> None:
+        super().__init__(prefix, sink, silence_limit=backend.silence_limit, join_timeout=backend.conn.timeout * 3,
+                         on_close=backend._watches.forget)
         self._backend = backend
         self._conn = backend.conn
-        self._prefix = prefix
-        self._key = backend.key(prefix)
-        self._sink = sink
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self._key = backend._key(prefix)
+        self._lock_stream = threading.Lock()
         self._stream: _Stream | None = None
-        self._probe_interval = min(2.0, self._conn.timeout / 2)
-        self._failures = 0  # consecutive stream failures
-        self._opened_at: float | None = None  # when the current stream was created
-        items, self._revision = backend.range(prefix)
-        sink.reset(items, None)
-        self._thread = threading.Thread(target=self._run, name="waypost-etcd-watch", daemon=True)
-        self._thread.start()
+        self._probe_interval = self.silence_limit / 2
+        self._revision = 0
 
-    # supervisor -----------------------------------------------------------------------------------
-    def _run(self) -> None:
-        resync: str | None = None  # why the next stream must start from a fresh list
-        try:
-            while not self._stop.is_set():
-                try:
-                    if resync is not None:
-                        self._relist(resync)
-                        resync = None
-                    self._follow()
-                except _Resync as exc:
-                    resync = str(exc)
-                except WaypostError as exc:
-                    if self._stop.is_set():
-                        return
-                    self._count_failure()
-                    resync = self._on_failure(exc, resync)
-        except Exception as exc:  # a bug, not an outage: end the watch loudly
-            _log.exception("etcd watch of %s failed", self._prefix)
-            if not self._stop.is_set():
-                self._sink.failed(exc)
-        finally:
-            self._drop_stream()
+    def snapshot(self) -> list[tuple[str, bytes]]:
+        items, self._revision = self._backend._range(self.prefix)
+        return items
 
-    def _count_failure(self) -> None:
-        # A stream that stayed up a while was healthy: its break starts a new count. One that
-        # breaks right after opening keeps counting, so a flapping member gets backoff.
-        if self._opened_at is not None and time.monotonic() - self._opened_at >= 1.0:
-            self._failures = 0
-        self._opened_at = None
-        self._failures += 1
-
-    def _on_failure(self, exc: WaypostError, resync: str | None) -> str | None:
-        stalled = isinstance(exc, _StreamLost) and exc.stalled
-        if self._failures == 1 and not stalled and resync is None:
-            return None  # first break of a healthy stream: resume from history at once
-        self._sink.interrupted(str(exc))
-        self._stop.wait(min(_BACKOFF_MIN * 2 ** self._failures, _BACKOFF_MAX))
-        # Reported as interrupted: re-list on recovery, so consumers get a Resynced notice.
-        return f"reconnected after: {exc}"
-
-    def _relist(self, reason: str) -> None:
-        items, revision = self._backend.range(self._prefix)
-        if self._stop.is_set():
-            return
-        self._sink.reset(items, reason)
-        self._revision = revision
-
-    def _follow(self) -> None:
+    def follow(self) -> None:
         """Open a stream from the next revision and deliver its events until it breaks."""
         index = self._conn.current()
         try:
             stream = self._open(index)
-            self._opened_at = time.monotonic()
             self._pump(stream, index)
         except _StreamLost:
-            if not self._stop.is_set():
+            if not self.stopped:
                 self._conn.fail_over(index)
             raise
         finally:
             self._drop_stream()
 
     def _pump(self, stream: _Stream, index: int) -> None:
-        pending_since: float | None = None  # when the unanswered progress request was sent
+        # A progress request right away: its answer (or the first events) shows the stream really
+        # continues from our revision; a compacted start shows up as a cancel instead.
+        stream.send(etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest()))
+        pending_since: float | None = time.monotonic()  # when the unanswered progress request was sent
         last_seen = time.monotonic()
-        while not self._stop.is_set():
+        while not self.stopped:
             response = stream.next(self._probe_interval if pending_since is None else self._probe_interval / 2)
             if response is not _TIMEOUT:
                 pending_since, last_seen = None, time.monotonic()
                 self._deliver(response)
+                self.caught_up()
             elif pending_since is None:
                 if time.monotonic() - last_seen >= self._probe_interval:
                     stream.send(etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest()))
@@ -580,8 +510,8 @@ class _EtcdWatch:
 
     def _open(self, index: int) -> _Stream:
         stream = _Stream(self._conn, index)
-        with self._lock:  # close() reads _stream under the lock: it cancels this one or sees _stop
-            stopped = self._stop.is_set()
+        with self._lock_stream:  # interrupt() reads _stream under the lock: it cancels this one or sees the stop
+            stopped = self.stopped
             if not stopped:
                 self._stream = stream
         if stopped:
@@ -590,75 +520,67 @@ class _EtcdWatch:
         create = etcdrpc.WatchCreateRequest(key=self._key, range_end=_range_end(self._key),
                                             start_revision=self._revision + 1)
         stream.send(etcdrpc.WatchRequest(create_request=create))
-        response = stream.next(self._conn.timeout)
+        response = stream.next(min(self._conn.timeout, self.silence_limit))
         if response is _TIMEOUT:
-            raise _StreamLost(f"etcd at {self._conn.where} did not open a watch in time", stalled=True)
+            raise _Silent(f"etcd at {self._conn.where} did not open a watch in time")
         self._check_created(response, stream.token)
         return stream
 
     def _check_created(self, response: Any, token: str | None) -> None:
         if response.compact_revision:
-            raise _Resync(f"etcd history was compacted past revision {self._revision}")
+            raise Resync(f"etcd history was compacted past revision {self._revision}")
         if response.canceled or not response.created:
             reason = response.cancel_reason or "not created"
             if "permission denied" in reason or "auth" in reason:
                 self._conn.authenticate(stale=token)  # a stale token shows up as "permission denied"
             raise _StreamLost(f"etcd refused the watch: {reason}")
         if response.header.revision < self._revision:
-            raise _Resync("the etcd store's revision went backwards (its data was replaced)")
+            raise Resync("the etcd store's revision went backwards (its data was replaced)")
 
     def _probe(self, index: int) -> None:
         """A progress request went unanswered: is the member alive? (a one-key linearizable read)"""
         request = etcdrpc.RangeRequest(key=self._key, count_only=True)
         token = self._conn.token
         try:
-            self._conn.stubs(index).kv.Range(request, timeout=self._conn.timeout, metadata=self._conn.metadata())
+            self._conn.stubs(index).kv.Range(request, timeout=self._probe_interval / 2,
+                                             metadata=self._conn.metadata())
         except Exception as exc:
             if _is_invalid_token(exc):
                 self._conn.authenticate(stale=token)
                 return
             cause = self._conn.error(exc, "a liveness probe")
-            raise _StreamLost(f"etcd at {self._conn.where} stopped answering ({cause})", stalled=True) from exc
+            raise _Silent(f"etcd at {self._conn.where} stopped answering ({cause})") from exc
 
     def _deliver(self, response: Any) -> None:
         if response.compact_revision:
-            raise _Resync(f"etcd history was compacted past revision {self._revision}")
+            raise Resync(f"etcd history was compacted past revision {self._revision}")
         if response.canceled:
             raise _StreamLost(f"etcd canceled the watch: {response.cancel_reason}")
         for event in response.events:
-            if self._stop.is_set():
-                return  # closed: no sink call after close() returned
-            key = self._backend.unkey(event.kv.key)
+            key = self._backend._unkey(event.kv.key)
+            if key is None:
+                continue  # not a key of ours (not UTF-8): nothing an instance could be
             if event.type == event.PUT:
-                self._sink.put(key, event.kv.value)
+                self.put(key, event.kv.value)
             else:
-                self._sink.delete(key)
+                self.delete(key)
             self._revision = event.kv.mod_revision
         if not response.events and not response.created:
             # A progress notification: every change up to header.revision was delivered.
             self._revision = max(self._revision, response.header.revision)
 
-    # lifecycle --------------------------------------------------------------------------------
     def _drop_stream(self) -> None:
         """Close the current stream (outside the lock: closing joins its reader)."""
-        with self._lock:
+        with self._lock_stream:
             stream, self._stream = self._stream, None
         if stream is not None:
             stream.close()
 
-    def close(self) -> None:
-        with self._lock:
-            self._stop.set()
+    def interrupt(self) -> None:
+        with self._lock_stream:
             stream = self._stream
         if stream is not None:
-            stream.call.cancel()  # wakes the supervisor; it closes the stream itself
-        if self._thread is not threading.current_thread():
-            # Every step of the supervisor is bounded by the timeout; the bound here only
-            # guards against a wedged client library. A late sink call is dropped (_stop).
-            self._thread.join(self._conn.timeout * 3)
-            if self._thread.is_alive():
-                _log.error("etcd watch of %s did not stop in time; abandoning its thread", self._prefix)
-        self._backend.forget(self)
+            stream.call.cancel()  # wakes the watch's thread; it closes the stream itself
 
 
 # ----------------------------------------------------------------------------------------------
@@ -668,13 +590,10 @@ class _EtcdWatch:
 _OPTIONS = (
     Option("timeout", parse_float(0.1, 3600.0), 5.0,
            "seconds an etcd operation may take (retries and fail-over included)"),
-    Option("ca_cert", parse_str, None, "PEM file of the CA of the etcd server certificate (etcds://)",
-           env="ETCD_AUTH_CA"),
-    Option("cert_cert", parse_str, None, "PEM client certificate for mutual TLS", env="ETCD_AUTH_CLIENT_CERT"),
-    Option("cert_key", parse_str, None, "PEM client key for mutual TLS", env="ETCD_AUTH_CLIENT_KEY"),
+    *tls_options(ca_env="ETCD_AUTH_CA", cert_env="ETCD_AUTH_CLIENT_CERT", key_env="ETCD_AUTH_CLIENT_KEY"),
     Option("user", parse_str, None, "etcd user name", env="ETCD_AUTH_USERNAME"),
     Option("password", parse_str, None, "etcd password", env="ETCD_AUTH_PASSWORD", secret=True),
-    Option("root", parse_str, "", "key prefix (default none: keys are exactly Dynamo's v1/instances/...)"),
+    prefix_option(help="key prefix (default none: keys are exactly Dynamo's v1/instances/...)"),
 )
 
 
@@ -688,13 +607,15 @@ class EtcdBackend(Backend):
     options: ClassVar[tuple[Option, ...]] = _OPTIONS
     runtime_option_env: ClassVar[Mapping[str, str]] = {"ttl": "ETCD_LEASE_TTL"}
     min_ttl: ClassVar[float] = 1.0
+    requires: ClassVar[tuple[str, ...]] = ("grpc", "pyetcd")
+    extra: ClassVar[str | None] = "etcd"
 
     def __init__(self, settings: _Settings) -> None:
         self.settings = settings
-        self.root = settings.root.encode()
+        self._prefix = settings.prefix.encode()
         self.conn = _Connection(settings)
-        self._watches: weakref.WeakSet[_EtcdWatch] = weakref.WeakSet()
-        self._watches_lock = threading.Lock()
+        self.silence_limit = 10.0  # max(ttl, 1 s) once a lease is granted
+        self._watches: WatchRegistry[_EtcdWatch] = WatchRegistry(self.describe)
 
     @classmethod
     def from_url(cls, url: ParsedURL, options: Mapping[str, Any]) -> EtcdBackend:
@@ -705,7 +626,7 @@ class EtcdBackend(Backend):
             else:
                 # Lease grants need no auth in etcd: without this read, a store that
                 # requires auth would only refuse at the first registration.
-                request = etcdrpc.RangeRequest(key=backend.key(KEY_ROOT + "/"), count_only=True)
+                request = etcdrpc.RangeRequest(key=backend._key(KEY_ROOT + "/"), count_only=True)
                 backend.conn.call("a read", lambda s, t, m: s.kv.Range(request, timeout=t, metadata=m))
         except BaseException:
             backend.close()
@@ -719,15 +640,20 @@ class EtcdBackend(Backend):
         return f"<EtcdBackend {self.settings.where}>"
 
     # keys ---------------------------------------------------------------------------------------
-    def key(self, key: str) -> bytes:
-        return self.root + key.encode()
+    def _key(self, key: str) -> bytes:
+        return self._prefix + key.encode()
 
-    def unkey(self, key: bytes) -> str:
-        return key[len(self.root):].decode("utf-8", errors="replace")
+    def _unkey(self, key: bytes) -> str | None:
+        """The key relative to the prefix, or ``None`` if it is not UTF-8 (no key of ours is not)."""
+        try:
+            return key[len(self._prefix):].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
 
     # leases ---------------------------------------------------------------------------------------
     def grant_lease(self, ttl: float, preferred_id: int | None = None) -> Lease:
         # etcd picks lease ids; like Dynamo, a lost lease is replaced by one with a new id.
+        self.silence_limit = max(ttl, 1.0)
         request = etcdrpc.LeaseGrantRequest(TTL=max(1, math.ceil(ttl)))
         response = self.conn.call("lease grant", lambda s, t, m: s.lease.LeaseGrant(request, timeout=t, metadata=m))
         if response.error:
@@ -751,7 +677,7 @@ class EtcdBackend(Backend):
 
     # keys ---------------------------------------------------------------------------------------
     def create(self, lease: Lease, key: str, value: bytes) -> None:
-        raw = self.key(key)
+        raw = self._key(key)
         request = etcdrpc.TxnRequest(
             compare=[etcdrpc.Compare(result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.CREATE, key=raw,
                                      create_revision=0)],
@@ -770,12 +696,12 @@ class EtcdBackend(Backend):
         raise AlreadyRegistered(f"{key} is already registered in etcd ({owner})")
 
     def replace(self, lease: Lease, key: str, value: bytes) -> None:
-        request = etcdrpc.PutRequest(key=self.key(key), value=value, lease=lease.id)
+        request = etcdrpc.PutRequest(key=self._key(key), value=value, lease=lease.id)
         self.conn.call("register", lambda s, t, m: s.kv.Put(request, timeout=t, metadata=m))
 
     def delete(self, lease: Lease, key: str) -> None:
         # Only while the key is still on our lease: never remove what another Runtime wrote since.
-        raw = self.key(key)
+        raw = self._key(key)
         request = etcdrpc.TxnRequest(
             compare=[etcdrpc.Compare(result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.LEASE, key=raw,
                                      lease=lease.id)],
@@ -783,41 +709,23 @@ class EtcdBackend(Backend):
         )
         self.conn.call("unregister", lambda s, t, m: s.kv.Txn(request, timeout=t, metadata=m))
 
-    def range(self, prefix: str) -> tuple[list[tuple[str, bytes]], int]:
+    def _range(self, prefix: str) -> tuple[list[tuple[str, bytes]], int]:
         """Every ``(key, value)`` under ``prefix`` and the store revision they were read at."""
-        raw = self.key(prefix)
+        raw = self._key(prefix)
         request = etcdrpc.RangeRequest(key=raw, range_end=_range_end(raw))
         response = self.conn.call("list", lambda s, t, m: s.kv.Range(request, timeout=t, metadata=m))
-        unkey = self.unkey
-        return [(unkey(kv.key), kv.value) for kv in response.kvs], int(response.header.revision)
+        unkey = self._unkey
+        items = [(unkey(kv.key), kv.value) for kv in response.kvs]
+        return [(key, value) for key, value in items if key is not None], int(response.header.revision)
 
     def list(self, prefix: str) -> list[tuple[str, bytes]]:
-        return self.range(prefix)[0]
+        return self._range(prefix)[0]
 
     # watches ----------------------------------------------------------------------------------------
     def watch(self, prefix: str, sink: WatchSink) -> WatchHandle:
-        watch = _EtcdWatch(self, prefix, sink)
-        with self._watches_lock:
-            self._watches.add(watch)
-        return watch
-
-    def forget(self, watch: _EtcdWatch) -> None:
-        with self._watches_lock:
-            self._watches.discard(watch)
+        return self._watches.open(_EtcdWatch(self, prefix, sink))
 
     def close(self) -> None:
-        with self._watches_lock:
-            watches = list(self._watches)
-        for watch in watches:
-            watch.close()
+        self._watches.close()
         self.conn.close()
 
-
-@hookimpl
-def waypost_backend_class(scheme: str) -> type[Backend] | None:
-    return EtcdBackend if scheme in EtcdBackend.schemes else None
-
-
-@hookimpl
-def waypost_backend(url: ParsedURL, options: Mapping[str, Any]) -> Backend | None:
-    return EtcdBackend.from_url(url, options) if url.scheme in EtcdBackend.schemes else None

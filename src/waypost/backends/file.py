@@ -19,10 +19,12 @@ Layout (design §3)
     ``dynamo/backend/generate/6f64a219dfbb2106`` is stored as
     ``dynamo%2Fbackend%2Fgenerate%2F6f64a219dfbb2106``. Its content is the
     instance's compact JSON value, byte for byte. A file is published
-    atomically: written to ``.tmp_<hex>`` in the same directory, then
+    atomically: written to ``.tmp_<lease hex>-<random hex>`` in the same directory, then
     ``link()``-ed to its name (create-only: the kernel lets exactly one of two
     racing processes win) or ``rename()``-d over it (re-registration). Names
-    starting with ``.tmp_`` are never read.
+    starting with ``.tmp_`` are never read; one older than ``stale_after``
+    was left by a process killed mid-write and is deleted (as Dynamo does),
+    and revoking a lease deletes its own at once.
 
     waypost also keeps one *lease file* per Runtime in ``<root>/.waypost/leases/
     <hex id>`` (Dynamo never looks there). It makes "this instance id is held
@@ -120,22 +122,26 @@ Limits
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import fcntl
 import functools
 import grp
-import importlib.util
 import json
 import logging
 import os
 import pwd
-import queue
 import re
 import secrets
+import select
 import socket
 import stat
+import struct
+import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,9 +161,10 @@ from waypost.core import (
     Option,
     ParsedURL,
     WatchHandle,
+    WatchLoop,
+    WatchRegistry,
     WatchSink,
     WaypostError,
-    hookimpl,
     parse_choice,
     parse_float,
     random_instance_id,
@@ -178,7 +185,6 @@ _ENCODED_NAME = re.compile(r"(?:[A-Za-z0-9]|%[0-9A-F]{2})+")
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 _MAX_NAME = 255  # bytes in one file name on every common Linux filesystem
-_TMP_GRACE = 60.0  # a .tmp_ file lives microseconds; one this old was left by a crash
 # Never follow a link, never block on a FIFO or device, never become its controlling terminal.
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -186,6 +192,12 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOE
 
 
 # Names and paths ------------------------------------------------------------------
+
+def _tmp_prefix(lease_id: int) -> str:
+    """Names of a lease's files being written (a ``.tmp_`` file lives microseconds; a stale one was left by a
+    crash, and Dynamo, too, deletes it once it is older than the ttl)."""
+    return f"{TMP_PREFIX}{lease_id:x}-"
+
 
 def encode_name(relative_key: str) -> str:
     """A key relative to its bucket as a file name: bytes outside ``[A-Za-z0-9]`` → ``%XX``."""
@@ -576,7 +588,8 @@ class _Tree:
             named = os.lstat(self.root) if parent is None else os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         except OSError:
             return False
-        return st.st_nlink > 0 and (named.st_dev, named.st_ino) == (st.st_dev, st.st_ino) and _distrust(st, directory.path) is None
+        same = (named.st_dev, named.st_ino) == (st.st_dev, st.st_ino)
+        return st.st_nlink > 0 and same and _distrust(st, directory.path) is None
 
     def _retire(self, relative: str) -> None:
         self._retired.append(self._dirs.pop(relative))
@@ -692,8 +705,8 @@ class FileBackend(Backend):
         self._owned: dict[int, dict[str, _Mine]] = {}  # lease id -> key -> file; guarded by _shared.lock
         self._markers: dict[int, int] = {}  # lease id -> open fd of the lease file we wrote; same lock
         self._warned: set[str] = set()
-        self._watches: set[_FileWatch] = set()
-        self._closed = False
+        self._watches: WatchRegistry[_FileWatch] = WatchRegistry(self.describe)
+        self._next_reap_check = 0.0
 
     @classmethod
     def from_url(cls, url: ParsedURL, options: Mapping[str, Any]) -> FileBackend:
@@ -716,9 +729,13 @@ class FileBackend(Backend):
     def poll_interval(self) -> float:
         return self._poll_interval if self._poll_interval is not None else min(0.25, self.stale_after / 4)
 
+    @property
+    def reap_interval(self) -> float:
+        """How often (at most) some process sharing the store deletes its stale files."""
+        return min(1.0, self.stale_after / 4)
+
     def _check(self) -> None:
-        if self._closed:
-            raise Closed(f"{self.describe()} backend is closed")
+        self._watches.check_open()
 
     def _name(self, key: str) -> str:
         """The file name of ``key`` in the instances bucket."""
@@ -805,7 +822,9 @@ class FileBackend(Backend):
         if missing:
             raise LeaseLost(f"{missing[0]} was removed or replaced: it went stale and was reaped, "
                             "or another process revoked the lease (and may hold its id now)")
-        self._reap_everything()
+        # Watches reap every reap_interval; a keepalive only when nobody did for a whole stale_after
+        # (no watcher alive), so its own cost stays O(its files) however big the store is.
+        self._maybe_reap(max(self.reap_interval, self.stale_after))
 
     def revoke_lease(self, lease_id: int) -> None:
         self._check()
@@ -830,8 +849,14 @@ class FileBackend(Backend):
                 if held is not None and bucket.unlink(name, held):
                     self._shared.publish("delete", key)
             return
-        doomed = {key: name for key, name, _ in self._scan(bucket, "") if key.endswith(f"/{marker}")}
-        doomed.update({key: name for key, (name, _) in (mine or {}).items()})
+        # Our own lease: we know its files. Another Runtime's: find them, and what a write of its
+        # left half done (the process was killed mid-write), revoking by id.
+        doomed = {key: name for key, (name, _) in mine.items()} if mine is not None else {
+            key: name for key, name, _ in self._scan(bucket, "") if key.endswith(f"/{marker}")}
+        if mine is None:
+            for name in bucket.names():
+                if name.startswith(_tmp_prefix(lease_id)):
+                    bucket.unlink(name)
         for key, name in sorted(doomed.items()):
             if bucket.unlink(name):
                 self._shared.publish("delete", key)
@@ -860,7 +885,7 @@ class FileBackend(Backend):
         name = self._name(key)
         with self._shared.lock, self._tree.using(BUCKET) as (bucket,):
             owned = self._require_lease(lease)
-            tmp, fd = self._write_tmp(bucket, value)
+            tmp, fd = self._write_tmp(bucket, lease, value)
             try:
                 self._publish(bucket, tmp, name, key, replace=replace)
             except BaseException:
@@ -889,10 +914,10 @@ class FileBackend(Backend):
                 raise _unavailable("publish", f"{bucket.path}/{name}", exc) from exc
 
     @staticmethod
-    def _write_tmp(bucket: _Dir, value: bytes) -> tuple[str, int]:
+    def _write_tmp(bucket: _Dir, lease: Lease, value: bytes) -> tuple[str, int]:
         """Write ``value`` to a new ``.tmp_`` file; return its name and a descriptor kept open on it."""
         while True:
-            tmp = f"{TMP_PREFIX}{secrets.token_hex(8)}"
+            tmp = f"{_tmp_prefix(lease.id)}{secrets.token_hex(8)}"  # named by its lease: a revoke removes it
             fd = bucket.create(tmp)
             if fd is not None:  # else 64 random bits collided: a name in use is not ours to touch
                 break
@@ -1023,7 +1048,7 @@ class FileBackend(Backend):
     def _reap_tmp(self, bucket: _Dir, name: str, now: float) -> None:
         with contextlib.suppress(OSError, WaypostError):
             st = bucket.lstat(name)
-            if st is not None and stat.S_ISREG(st.st_mode) and st.st_mtime + max(self.stale_after, _TMP_GRACE) < now:
+            if st is not None and stat.S_ISREG(st.st_mode) and st.st_mtime + self.stale_after < now:
                 bucket.unlink(name, st)
 
     def _reap_markers(self) -> None:
@@ -1032,41 +1057,64 @@ class FileBackend(Backend):
                 if re.fullmatch(r"[0-9a-f]{1,16}", name):  # anything else is not ours to delete
                     self._reap(leases, name, None)
 
-    def _reap_everything(self) -> None:
-        """Delete every stale file, so readers that do not reap (older Dynamo) see the dead go."""
+    def _maybe_reap(self, interval: float) -> None:
+        """Delete every stale file if nobody sharing the store did so for ``interval`` seconds.
+
+        The processes agree through ``.waypost/reaper``: its mtime is when the
+        last pass began and an exclusive ``flock`` elects one process to run
+        the next, so N processes reap once per interval between them, not N
+        times. (Readers that do not reap, such as an older Dynamo, see the
+        dead go too.)
+        """
+        now = time.monotonic()
+        if now < self._next_reap_check:
+            return
+        self._next_reap_check = now + min(interval, self.reap_interval) / 2
         try:
-            with self._tree.using(BUCKET) as (bucket,):
-                self._scan(bucket, "")
-            self._reap_markers()
-        except WaypostError as exc:
+            with self._tree.using(".waypost") as (meta,):
+                fd = os.open("reaper", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             _FILE_MODE, dir_fd=meta.fd)
+                try:
+                    if self._elected(fd, interval):
+                        self._reap_everything()
+                finally:
+                    os.close(fd)  # releases the flock
+        except (OSError, WaypostError) as exc:
             _log.debug("file:// store: reaping failed: %s", exc)
+
+    @staticmethod
+    def _elected(fd: int, interval: float) -> bool:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or time.time() - st.st_mtime < interval:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # another process is reaping right now
+        if time.time() - os.fstat(fd).st_mtime < interval:
+            return False  # it just finished
+        os.utime(fd)  # claimed: the others skip this interval
+        return True
+
+    def _reap_everything(self) -> None:
+        with self._tree.using(BUCKET) as (bucket,):
+            self._scan(bucket, "")
+        self._reap_markers()
 
     # watching ------------------------------------------------------------------------------
     def watch(self, prefix: str, sink: WatchSink) -> WatchHandle:
-        self._check()
-        watch = _FileWatch(self, prefix, sink)
-        with self._shared.lock:
-            # Registered before the snapshot: a change racing with it is in both, never in neither.
-            self._shared.watches.append(watch)
-        try:
-            watch.start()
-        except BaseException:
-            self._forget(watch)
-            raise
-        self._watches.add(watch)
-        return watch
+        return self._watches.open(_FileWatch(self, prefix, sink))
 
-    def _forget(self, watch: _FileWatch) -> None:
+    def _unregister_watch(self, watch: WatchLoop) -> None:
         with self._shared.lock:
             if watch in self._shared.watches:
                 self._shared.watches.remove(watch)
-        self._watches.discard(watch)
+        self._watches.forget(watch)
 
     def close(self) -> None:
         # Files stay: a closed backend without revoke_lease is a crashed process (they go stale).
-        self._closed = True
-        for watch in list(self._watches):
-            watch.close()
+        if not self._watches.close():
+            return
         with self._shared.lock:  # only the descriptors that tell our files apart go
             for owned in self._owned.values():
                 for _, fd in owned.values():
@@ -1078,134 +1126,234 @@ class FileBackend(Backend):
         self._tree.close()
 
 
-def _pick_watcher(choice: str) -> bool:
-    installed = importlib.util.find_spec("watchfiles") is not None
-    if choice == "inotify" and not installed:
-        raise ConfigError("watcher=inotify needs the watchfiles package: pip install 'waypost[file]'")
-    return installed and choice != "poll"
+_Change = tuple[str, str, bytes]  # ("put" | "delete", key, value)
+_SAFETY_RESCAN = 30.0  # with inotify, a full (cheap, mtime-guarded) rescan this often all the same
 
 
-_SCAN = ("scan", "", b"")
-_STOP = ("stop", "", b"")
-_Change = tuple[str, str, bytes]  # ("put" | "delete" | "scan" | "stop", key, value)
+class _FileWatch(WatchLoop):
+    """One watch: this process's changes at once and in order; other processes' through inotify.
 
-
-class _FileWatch:
-    """One watch: a thread applying this process's changes and directory scans, in order.
-
-    Scans find other processes' changes (and reap the dead); an optional
-    second thread turns inotify events into immediate scans.
+    With inotify the watch re-examines only the files named by its events
+    (re-reading each one's current state, so event order never matters) and
+    rescans the directory only after an overflow or when the directory itself
+    was replaced. Polling rescans every ``poll_interval``, skipped while the
+    directory's mtime says nothing was added, removed or renamed. Each tick
+    also takes part in the store-wide reap election.
     """
 
+    thread_name = "waypost-file-watch"
+
     def __init__(self, backend: FileBackend, prefix: str, sink: WatchSink) -> None:
+        super().__init__(prefix, sink, on_close=backend._unregister_watch)
         self._backend = backend
-        self._prefix = prefix
-        self._sink = sink
-        self._changes: queue.SimpleQueue[_Change] = queue.SimpleQueue()
+        self._local: deque[_Change] = deque()  # this process's changes, in the order they hit disk
+        self._local_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._inotify: _Inotify | None = None
         self._known: dict[str, _Known] = {}
-        self._stop = threading.Event()
-        self._interrupted = False
-        self._threads: list[threading.Thread] = []
+        self._scanned: tuple[int, float] | None = None  # the bucket's mtime_ns at the last rescan, and when
+        self._next_rescan = 0.0
 
     def notify(self, kind: str, key: str, value: bytes) -> None:
-        if key.startswith(self._prefix):
-            self._changes.put((kind, key, value))
+        """A change made by this process (called under the shared lock, in disk order)."""
+        if key.startswith(self.prefix):
+            with self._local_lock:
+                self._local.append((kind, key, value))
+            self._wake()
 
-    def start(self) -> None:
-        self._known = self._backend._refresh(self._prefix, {})
-        self._sink.reset(sorted((key, known.value) for key, known in self._known.items()), None)
-        self._threads.append(threading.Thread(target=self._run, name="waypost-file-watch", daemon=True))
-        if self._backend.use_inotify:
-            self._threads.append(threading.Thread(target=self._inotify, name="waypost-file-inotify", daemon=True))
-        for thread in self._threads:
-            thread.start()
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"!")
 
-    def _run(self) -> None:
-        interval = self._backend.poll_interval
-        next_scan = time.monotonic() + interval
+    # WatchLoop -------------------------------------------------------------------------------
+    def snapshot(self) -> list[tuple[str, bytes]]:
+        backend = self._backend
+        with backend._shared.lock, backend._tree.using(BUCKET) as (bucket,):
+            # Under the writers' lock: no change of this process falls between the state read and
+            # the queue, and inotify watches the very directory that was read.
+            if self not in backend._shared.watches:
+                backend._shared.watches.append(self)
+            if self._inotify is not None:
+                self._inotify.close()
+            self._inotify = _Inotify.open(bucket) if backend.use_inotify else None
+            self._scanned = None
+            self._known = backend._refresh(self.prefix, {})
+            self._scanned = (os.fstat(bucket.fd).st_mtime_ns, time.time())
+            with self._local_lock:
+                self._local.clear()
+        self._next_rescan = time.monotonic() + self._rescan_period()
+        return sorted((key, known.value) for key, known in self._known.items())
+
+    def _rescan_period(self) -> float:
+        return _SAFETY_RESCAN if self._inotify is not None else self._backend.poll_interval
+
+    def follow(self) -> None:
+        backend = self._backend
+        while not self.stopped:
+            ready = self._wait(min(max(self._next_rescan - time.monotonic(), 0.0), backend.reap_interval / 2))
+            self._apply_local()
+            names, overflow = self._inotify.read() if self._inotify is not None and ready else (set(), False)
+            if overflow or time.monotonic() >= self._next_rescan:
+                self._rescan(force=overflow)
+            elif names:
+                self._recheck(names)
+            backend._maybe_reap(backend.reap_interval)
+
+    def _wait(self, timeout: float) -> bool:
+        """Wait for this process's changes or inotify events; ``True`` if inotify has some."""
+        fds = [self._wake_r] if self._inotify is None else [self._wake_r, self._inotify.fd]
+        readable, _, _ = select.select(fds, [], [], timeout)
+        if self._wake_r in readable:
+            with contextlib.suppress(BlockingIOError, OSError):
+                while os.read(self._wake_r, 4096):
+                    pass
+        return self._inotify is not None and self._inotify.fd in readable
+
+    def _apply_local(self) -> None:
         while True:
-            try:
-                change = self._changes.get(timeout=max(0.0, next_scan - time.monotonic()))
-            except queue.Empty:
-                change = _SCAN
-            if change is _STOP or self._stop.is_set():
-                return
-            if change is not _SCAN:
-                self._apply(change)
-                continue
-            # Apply what is queued first, so that the scan is never older than the changes applied.
-            if not self._drain():
-                return
-            self._rescan()
-            next_scan = time.monotonic() + interval
-
-    def _drain(self) -> bool:
-        while True:
-            try:
-                change = self._changes.get_nowait()
-            except queue.Empty:
-                return True
-            if change is _STOP:
-                return False
-            if change is not _SCAN:
-                self._apply(change)
-
-    def _apply(self, change: _Change) -> None:
-        kind, key, value = change
-        if kind == "put":
-            old = self._known.get(key)
-            if old is None or old.value != value:
+            with self._local_lock:
+                if not self._local:
+                    return
+                kind, key, value = self._local.popleft()
+            if kind == "put":
                 self._known[key] = _Known(None, value)
-                self._sink.put(key, value)
-        elif self._known.pop(key, None) is not None:
-            self._sink.delete(key)
+                self.put(key, value)
+            elif self._known.pop(key, None) is not None:
+                self.delete(key)
 
-    def _rescan(self) -> None:
-        try:
-            fresh = self._backend._refresh(self._prefix, self._known)
-        except WaypostError as exc:
-            self._interrupted = True
-            self._sink.interrupted(str(exc))
-            return
-        old, self._known = self._known, fresh
-        if self._interrupted:
-            self._interrupted = False
-            self._sink.reset(sorted((key, known.value) for key, known in fresh.items()),
-                             "the store directory is readable again")
-            return
-        for key in sorted(old.keys() - fresh.keys()):
-            self._sink.delete(key)
-        for key, known in sorted(fresh.items()):
-            previous = old.get(key)
-            if previous is None or previous.value != known.value:
-                self._sink.put(key, known.value)
+    def _rescan(self, force: bool = False) -> None:
+        backend = self._backend
+        self._next_rescan = time.monotonic() + self._rescan_period()
+        with backend._tree.using(BUCKET) as (bucket,):
+            mtime = os.fstat(bucket.fd).st_mtime_ns
+            if not force and self._unchanged_since_scan(mtime):
+                return
+            now = time.time()
+            fresh = backend._refresh(self.prefix, self._known)
+        self._known, self._scanned = fresh, (mtime, now)
+        self.state(sorted((key, known.value) for key, known in fresh.items()))
 
-    def _inotify(self) -> None:
-        """Wake the scanner when the directory changes (other processes' writes arrive in ms)."""
-        import watchfiles
+    def _unchanged_since_scan(self, mtime_ns: int) -> bool:
+        # Names are added, removed and replaced only by link, unlink and rename, which all change the
+        # directory's mtime. Its clock is coarse, so a change in the same tick as the last scan may
+        # leave it unchanged: trust it only once it is a second older than that scan.
+        if self._scanned is None:
+            return False
+        scanned_mtime, scanned_at = self._scanned
+        return mtime_ns == scanned_mtime and scanned_at - mtime_ns / 1e9 > 1.0
 
-        try:
-            for _ in watchfiles.watch(self._backend.bucket, watch_filter=None, debounce=1, step=10,
-                                      stop_event=self._stop, recursive=False, raise_interrupt=False):
-                self._changes.put(_SCAN)
-        except Exception as exc:  # the periodic scan still runs: slower, never wrong
-            _log.info("file:// store: inotify watch of %s stopped (%s); polling every %.2f s",
-                      self._backend.bucket, exc, self._backend.poll_interval)
+    def _recheck(self, names: Iterable[str]) -> None:
+        backend = self._backend
+        relative = _relative_prefix(self.prefix) or ""
+        with backend._tree.using(BUCKET) as (bucket,):
+            now = time.time()
+            for name in sorted(names):
+                key_in_bucket = decode_name(name)
+                if key_in_bucket is None or not key_in_bucket.startswith(relative):
+                    continue
+                key = f"{BUCKET}/{key_in_bucket}"
+                entry = backend._examine(bucket, name, relative, now)
+                value = None if entry is None else self._value(bucket, entry)
+                if value is not None:
+                    self.put(key, value)
+                elif self._known.pop(key, None) is not None:
+                    self.delete(key)
+
+    def _value(self, bucket: _Dir, entry: _Entry) -> bytes | None:
+        key, name, st = entry
+        signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+        old = self._known.get(key)
+        if old is not None and old.signature == signature:
+            return old.value
+        value = self._backend._read(bucket, name)
+        if value is not None:
+            self._known[key] = _Known(signature, value)
+        return value
+
+    def interrupt(self) -> None:
+        self._wake()
+
+    def release(self) -> None:
+        self._backend._unregister_watch(self)
+        if self._inotify is not None:
+            self._inotify.close()
+        _close(self._wake_r)
+        _close(self._wake_w)
+
+
+# inotify, through libc (Linux): per-file events and an explicit overflow signal ------------------
+
+_IN_MASK = (0x00000008 | 0x00000040 | 0x00000080 | 0x00000100 | 0x00000200  # close_write, moved, create, delete
+                   | 0x00000400 | 0x00000800)  # the directory itself deleted or moved
+_IN_ONLYDIR = 0x01000000
+_IN_Q_OVERFLOW = 0x00004000
+_IN_IGNORED = 0x00008000
+_IN_SELF = 0x00000400 | 0x00000800 | _IN_IGNORED
+_EVENT = struct.Struct("iIII")
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.inotify_init1.argtypes = [ctypes.c_int]
+        libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def inotify_available() -> bool:
+    return sys.platform.startswith("linux") and _libc() is not None and os.path.isdir("/proc/self/fd")
+
+
+class _Inotify:
+    """An inotify watch on one open directory (named through /proc/self/fd: the very inode we checked)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @classmethod
+    def open(cls, directory: _Dir) -> _Inotify | None:
+        libc = _libc()
+        if libc is None:
+            return None
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            _log.info("file:// store: inotify unavailable (%s); polling", os.strerror(ctypes.get_errno()))
+            return None
+        if libc.inotify_add_watch(fd, f"/proc/self/fd/{directory.fd}".encode(), _IN_MASK | _IN_ONLYDIR) < 0:
+            _log.info("file:// store: cannot watch %s with inotify (%s); polling", directory.path,
+                      os.strerror(ctypes.get_errno()))
+            os.close(fd)
+            return None
+        return cls(fd)
+
+    def read(self) -> tuple[set[str], bool]:
+        """The names events were reported for, and whether the watch must rescan (overflow, directory gone)."""
+        names: set[str] = set()
+        rescan = False
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            offset = 0
+            while offset + _EVENT.size <= len(data):
+                _, mask, _, length = _EVENT.unpack_from(data, offset)
+                raw = data[offset + _EVENT.size: offset + _EVENT.size + length].split(b"\0", 1)[0]
+                offset += _EVENT.size + length
+                rescan |= bool(mask & (_IN_Q_OVERFLOW | _IN_SELF))
+                if raw:
+                    names.add(os.fsdecode(raw))
+        return names, rescan
 
     def close(self) -> None:
-        self._stop.set()
-        self._changes.put(_STOP)
-        self._backend._forget(self)
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join()
+        _close(self.fd)
 
 
-@hookimpl
-def waypost_backend_class(scheme: str) -> type[Backend] | None:
-    return FileBackend if scheme in FileBackend.schemes else None
-
-
-@hookimpl
-def waypost_backend(url: ParsedURL, options: Mapping[str, Any]) -> Backend | None:
-    return FileBackend.from_url(url, options) if url.scheme in FileBackend.schemes else None
+def _pick_watcher(choice: str) -> bool:
+    available = inotify_available()
+    if choice == "inotify" and not available:
+        raise ConfigError("watcher=inotify needs Linux inotify (and /proc); use watcher=poll or auto")
+    return available and choice != "poll"

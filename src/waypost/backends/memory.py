@@ -24,20 +24,20 @@ import queue
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from waypost.core import (
     AlreadyRegistered,
     Backend,
     Capability,
-    Closed,
     Lease,
     LeaseLost,
     ParsedURL,
     WatchHandle,
+    WatchLoop,
+    WatchRegistry,
     WatchSink,
-    hookimpl,
     random_instance_id,
 )
 
@@ -55,12 +55,6 @@ class _Grant:
     ttl: float
 
 
-@dataclass
-class _Watcher:
-    prefix: str
-    changes: queue.SimpleQueue[_Change | None] = field(default_factory=queue.SimpleQueue)
-
-
 class _Store:
     """One named in-process store: keys, leases with deadlines, watchers."""
 
@@ -68,7 +62,7 @@ class _Store:
         self.lock = threading.Condition()
         self.data: dict[str, tuple[bytes, _Grant]] = {}  # key -> (value, owning grant)
         self.leases: dict[int, _Grant] = {}  # live lease id -> its current grant
-        self.watchers: list[_Watcher] = []
+        self.watchers: list[_MemoryWatch] = []
         self._reaper = threading.Thread(target=self._reap_forever, name="waypost-memory-reaper", daemon=True)
         self._reaper.start()
 
@@ -77,6 +71,10 @@ class _Store:
         for watcher in self.watchers:
             if key.startswith(watcher.prefix):
                 watcher.changes.put((kind, key, value))
+
+    def items(self, prefix: str) -> list[tuple[str, bytes]]:
+        self.reap()
+        return sorted((k, v) for k, (v, _) in self.data.items() if k.startswith(prefix))
 
     def drop_lease(self, lease_id: int) -> None:
         grant = self.leases.pop(lease_id, None)
@@ -132,34 +130,44 @@ def reset_stores() -> None:
                 store.leases.clear()
 
 
-class _MemoryWatch:
-    def __init__(self, store: _Store, watcher: _Watcher, sink: WatchSink) -> None:
-        self._store = store
-        self._watcher = watcher
-        self._sink = sink
-        self._thread = threading.Thread(target=self._run, name="waypost-memory-watch", daemon=True)
-        self._thread.start()
+class _MemoryWatch(WatchLoop):
+    """Changes reach the watch through a queue filled under the store's lock: ordered, gap-free."""
 
-    def _run(self) -> None:
-        while (change := self._watcher.changes.get()) is not None:
+    thread_name = "waypost-memory-watch"
+
+    def __init__(self, store: _Store, prefix: str, sink: WatchSink, registry: WatchRegistry[_MemoryWatch]) -> None:
+        super().__init__(prefix, sink, on_close=registry.forget)
+        self._store = store
+        self.changes: queue.SimpleQueue[_Change | None] = queue.SimpleQueue()
+
+    def snapshot(self) -> list[tuple[str, bytes]]:
+        with self._store.lock:
+            # Registered with the snapshot under one lock: every later change queues up here.
+            if self not in self._store.watchers:
+                self._store.watchers.append(self)
+            return self._store.items(self.prefix)
+
+    def follow(self) -> None:
+        while (change := self.changes.get()) is not None:
             kind, key, value = change
             if kind == "put":
-                self._sink.put(key, value)
+                self.put(key, value)
             else:
-                self._sink.delete(key)
+                self.delete(key)
 
-    def close(self) -> None:
+    def interrupt(self) -> None:
+        self.changes.put(None)
+
+    def release(self) -> None:
         with self._store.lock:
-            if self._watcher in self._store.watchers:
-                self._store.watchers.remove(self._watcher)
-        self._watcher.changes.put(None)
-        if self._thread is not threading.current_thread():
-            self._thread.join()
+            if self in self._store.watchers:
+                self._store.watchers.remove(self)
 
 
 class MemoryBackend(Backend):
     __doc__ = __doc__
     schemes: ClassVar[tuple[str, ...]] = ("memory",)
+    extra: ClassVar[str | None] = None
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.SERVER_EXPIRY, Capability.CHOSEN_INSTANCE_ID}
     )
@@ -169,7 +177,7 @@ class MemoryBackend(Backend):
         self.name = name
         self._store = _store(name)
         self._grants: dict[int, _Grant] = {}  # lease ids this backend was granted
-        self._closed = False
+        self._watches: WatchRegistry[_MemoryWatch] = WatchRegistry(self.describe)
 
     @classmethod
     def from_url(cls, url: ParsedURL, options: Mapping[str, Any]) -> MemoryBackend:
@@ -180,8 +188,7 @@ class MemoryBackend(Backend):
         return f"memory://{self.name}"
 
     def _check(self) -> None:
-        if self._closed:
-            raise Closed(f"{self.describe()} backend is closed")
+        self._watches.check_open()
 
     def grant_lease(self, ttl: float, preferred_id: int | None = None) -> Lease:
         self._check()
@@ -243,32 +250,12 @@ class MemoryBackend(Backend):
 
     def list(self, prefix: str) -> list[tuple[str, bytes]]:
         self._check()
-        store = self._store
-        with store.lock:
-            store.reap()
-            return sorted((k, v) for k, (v, _) in store.data.items() if k.startswith(prefix))
+        with self._store.lock:
+            return self._store.items(prefix)
 
     def watch(self, prefix: str, sink: WatchSink) -> WatchHandle:
-        self._check()
-        store = self._store
-        watcher = _Watcher(prefix)
-        with store.lock:
-            store.reap()
-            snapshot = sorted((k, v) for k, (v, _) in store.data.items() if k.startswith(prefix))
-            store.watchers.append(watcher)
-        # Changes after the snapshot queue up in the watcher until its thread runs: no gap.
-        sink.reset(snapshot, None)
-        return _MemoryWatch(store, watcher, sink)
+        return self._watches.open(_MemoryWatch(self._store, prefix, sink, self._watches))
 
     def close(self) -> None:
-        self._closed = True
+        self._watches.close()
 
-
-@hookimpl
-def waypost_backend_class(scheme: str) -> type[Backend] | None:
-    return MemoryBackend if scheme in MemoryBackend.schemes else None
-
-
-@hookimpl
-def waypost_backend(url: ParsedURL, options: Mapping[str, Any]) -> Backend | None:
-    return MemoryBackend.from_url(url, options) if url.scheme in MemoryBackend.schemes else None

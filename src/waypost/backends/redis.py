@@ -19,10 +19,11 @@ Options (keyword > URL query > environment > default)
     ``username``, ``password``  ACL user and password (``password`` is secret);
                        default: the URL's user info. A password without a user
                        authenticates as Redis's ``default`` user.
-    ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``  PEM files for
-                       ``rediss://`` (CA bundle to verify the server, and an
-                       optional client certificate). The server's certificate
-                       must match the host name in the URL.
+    ``ca_cert``, ``client_cert``, ``client_key``  PEM files for ``rediss://``
+                       (the CA that verifies the server, and an optional client
+                       certificate; ``ssl_ca_certs``, ``ssl_certfile`` and
+                       ``ssl_keyfile`` are their former names). The server's
+                       certificate must match the host name in the URL.
 
 Data layout (``P`` = ``prefix``; every key and value is the design's §3 wire format)
     ``P+"index"``      sorted set, all scores 0: instance keys, so that a list
@@ -43,6 +44,7 @@ Data layout (``P`` = ``prefix``; every key and value is the design's §3 wire fo
     ``P+"seq"``        counter: sequence number of the last change.
     ``P+"epoch"``      random id of this incarnation of the data: a server
                        restarted without persistence (or flushed) gets a new one.
+    ``P+"sweep"``      the last instance key the orphan sweep checked.
 
     Every operation is one Lua script (``EVALSHA``), so a change and its log
     entry are written in the same atomic step. Lease ids are random non-zero
@@ -63,6 +65,14 @@ Leases, expiry and the bound on crash detection
     (hence no ``server-expiry`` capability). The lease's own keepalive reaps
     too, so without watchers the bound is ttl + ttl/3.
 
+    The keepalive and poll scripts also sweep a slice of 64 instance keys per
+    call (continuing where the last call stopped) and delete every instance
+    whose owning lease record is gone: lease records deleted from outside (an
+    operator "revoking" by hand, an eviction) never leave phantoms. Live
+    Runtimes notice the loss at their next keepalive and re-register; every
+    write records its key under the lease, so a graceful close always removes
+    everything it wrote.
+
 Watch
     One script returns the snapshot under the prefix together with the epoch,
     sequence number and last log id, atomically. A thread then follows the log
@@ -75,9 +85,11 @@ Watch
     (``OOM`` at ``maxmemory``, an ACL denial, a script error) is treated the
     same way, so a watch only ends when it is closed. Once back, it
     replays every change it missed from the log (or re-lists if the log no
-    longer has them), then re-lists once to end the outage with a
-    ``Resynced`` notice (an empty diff when the log covered it). Pub/sub is
-    not used: ``XREAD BLOCK`` is the wake-up.
+    longer has them) and ends the outage with a ``Resynced`` notice. A
+    foreign entry in the log (not written by these scripts) makes the watch
+    re-list past it. A silent server (paused, partitioned) is reported within
+    ``max(ttl, 1 s)`` plus one poll. Pub/sub is not used: ``XREAD BLOCK`` is
+    the wake-up.
 
 ACL
     A user limited to the prefix works (tested); the narrowest rule is::
@@ -105,34 +117,39 @@ Caveats
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from waypost.core import (
     AlreadyRegistered,
     AuthenticationError,
     Backend,
-    BackendNotInstalled,
     BackendUnavailable,
     Capability,
-    Closed,
     ConfigError,
     Lease,
     LeaseLost,
     Option,
     ParsedURL,
+    Resync,
+    Silent,
     WatchHandle,
+    WatchLoop,
+    WatchRegistry,
     WatchSink,
     WaypostError,
-    hookimpl,
+    hosts,
     parse_float,
     parse_int,
     parse_str,
+    prefix_option,
     random_instance_id,
+    skip_value,
+    tls_files,
+    tls_options,
 )
 
 try:
@@ -140,16 +157,14 @@ try:
     import redis.exceptions as rexc
     from redis.backoff import NoBackoff
     from redis.retry import Retry
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise BackendNotInstalled(
-        f"the redis:// backend needs redis-py ({exc}): pip install 'waypost[redis]'"
-    ) from exc
+except ImportError:  # the class stays importable: connect() names the extra to install
+    if not TYPE_CHECKING:
+        redis = rexc = NoBackoff = Retry = None
 
 __all__ = ["RedisBackend"]
 
 DEFAULT_PORT = 6379
 MAX_WATCH_BLOCK = 0.5  # seconds a watch waits in XREAD before polling (and reaping) again
-MAX_BACKOFF = 2.0  # seconds between a failing watch's retries, at most
 READ_BATCH = 1000  # log entries read per round trip
 
 # Lua ------------------------------------------------------------------------------
@@ -224,6 +239,22 @@ local function reap(now)
   end
 end
 
+-- Instances whose lease record is gone (deleted from outside, evicted) have nobody to expire
+-- them: check a slice of the index per call, continuing where the last call stopped.
+local SWEEP = P .. 'sweep'
+local function sweep()
+  local after = redis.call('GET', SWEEP) or ''
+  local keys = redis.call('ZRANGEBYLEX', INDEX, '(' .. after, '+', 'LIMIT', 0, 64)
+  for _, key in ipairs(keys) do
+    local owner = redis.call('HGET', OWNERS, key)
+    if not owner or not redis.call('ZSCORE', LEASES, owner) then
+      remove(key)
+      if owner then redis.call('SREM', lease_keys(owner), key) end
+    end
+  end
+  if #keys == 64 then redis.call('SET', SWEEP, keys[#keys]) elseif after ~= '' then redis.call('DEL', SWEEP) end
+end
+
 -- Is the lease live? An expired one is dropped on the spot, so that a key it
 -- owned can never be revived by a new lease that reuses the id.
 local function live(lease, now)
@@ -270,6 +301,7 @@ local now = now_ms()
 reap(now)
 if not live(ARGV[4], now) or not mine(ARGV[4], ARGV[6]) then return 0 end
 redis.call('ZADD', LEASES, 'XX', now + tonumber(ARGV[5]), ARGV[4])
+sweep()
 return 1
 """
 
@@ -280,9 +312,8 @@ reap(now)
 local lease, key, value = ARGV[4], ARGV[5], ARGV[6]
 if not live(lease, now) or not mine(lease, ARGV[7]) then return 'lost' end
 local owner = redis.call('HGET', OWNERS, key)
-if owner and live(owner, now) then
-  -- The same create retried after a lost reply changed nothing: not a conflict.
-  if owner == lease and redis.call('HGET', VALUES, key) == value then return 'ok' end
+-- The same create retried after a lost reply finds its own write: not a conflict (written again).
+if owner and live(owner, now) and not (owner == lease and redis.call('HGET', VALUES, key) == value) then
   return 'exists'
 end
 put(lease, key, value)
@@ -297,7 +328,8 @@ local lease, key, value = ARGV[4], ARGV[5], ARGV[6]
 if not live(lease, now) or not mine(lease, ARGV[7]) then return 'lost' end
 local owner = redis.call('HGET', OWNERS, key)
 if owner and owner ~= lease and live(owner, now) then return 'exists' end
-if owner == lease and redis.call('HGET', VALUES, key) == value then return 'ok' end
+-- Written even when unchanged: the write also records the key under the lease (which may have
+-- been lost and granted again), so that a close always removes it.
 put(lease, key, value)
 return 'ok'
 """
@@ -339,42 +371,32 @@ return result
 # ARGV[4] watcher's epoch, ARGV[5] its last seq, ARGV[6] its last log id, ARGV[7] count
 #   -> {'ok', entries} | {'epoch'} | {'trimmed'}
 _POLL = r"""
-reap(now_ms())
-if epoch() ~= ARGV[4] then return {'epoch'} end
-local seq = tonumber(redis.call('GET', SEQ) or '0')
-local last = tonumber(ARGV[5])
-if seq == last then return {'ok', {}} end
-local first = redis.call('XRANGE', LOG, '-', '+', 'COUNT', 1)[1]
--- The change right after the watcher's must still be in the log (field 's' is first).
-if seq < last or not first or tonumber(first[2][2]) > last + 1 then return {'trimmed'} end
-return {'ok', redis.call('XRANGE', LOG, '(' .. ARGV[6], '+', 'COUNT', ARGV[7])}
+local function poll()
+  reap(now_ms())
+  if epoch() ~= ARGV[4] then return {'epoch'} end
+  local seq = tonumber(redis.call('GET', SEQ) or '0')
+  local last = tonumber(ARGV[5])
+  if seq == last then return {'ok', {}} end
+  local first = redis.call('XRANGE', LOG, '-', '+', 'COUNT', 1)[1]
+  -- The change right after the watcher's must still be in the log (field 's' is first).
+  if seq < last or not first or tonumber(first[2][2]) > last + 1 then return {'trimmed'} end
+  return {'ok', redis.call('XRANGE', LOG, '(' .. ARGV[6], '+', 'COUNT', ARGV[7])}
+end
+local result = poll()
+sweep()  -- after the checks: the epoch is the first thing a poll may write
+return result
 """
 
 
 # Options ---------------------------------------------------------------------------
-def _parse_prefix(value: Any) -> str:
-    prefix = parse_str(value)
-    if not prefix:
-        raise ValueError("expected a non-empty key prefix, e.g. 'waypost:'")
-    return prefix
-
-
-def _parse_file(value: Any) -> str:
-    path = parse_str(value)
-    if not os.path.isfile(path):
-        raise ValueError(f"no such file: {path}")
-    return path
-
-
 OPTIONS = (
     Option("timeout", parse_float(0.1, 3600.0), 5.0, "socket connect/read timeout in seconds"),
-    Option("prefix", _parse_prefix, "waypost:", "prefix of every Redis key used"),
+    prefix_option("waypost:", separator="", allow_empty=False,
+                  help="prefix of every Redis key used; Runtimes see each other only with the same prefix and db"),
     Option("history", parse_int(1, 10_000_000), 10_000, "approximate length of the change log"),
     Option("username", parse_str, None, "ACL user (default: the URL's user)"),
     Option("password", parse_str, None, "password (default: the URL's password)", secret=True),
-    Option("ssl_ca_certs", _parse_file, None, "CA bundle (PEM) that verifies the server (rediss://)"),
-    Option("ssl_certfile", _parse_file, None, "client certificate (PEM) (rediss://)"),
-    Option("ssl_keyfile", _parse_file, None, "client certificate's key (PEM) (rediss://)"),
+    *tls_options(),
 )
 
 
@@ -384,7 +406,7 @@ _ACL_DENIED = ("can't access at least one of the keys", "can't run this command"
 _UNAVAILABLE_REPLIES = ("LOADING", "MASTERDOWN", "MISCONF", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
 
 
-def _translate(exc: rexc.RedisError, context: str) -> WaypostError:
+def _translate(exc: Exception, context: str) -> WaypostError:
     # redis-py's AuthenticationError is a ConnectionError: test it first.
     if isinstance(exc, rexc.AuthenticationError | rexc.AuthenticationWrongNumberOfArgsError):
         return AuthenticationError(f"{context}: Redis rejected the credentials ({exc})")
@@ -416,6 +438,8 @@ class RedisBackend(Backend):
     })
     options: ClassVar[tuple[Option, ...]] = OPTIONS
     min_ttl: ClassVar[float] = 0.5
+    requires: ClassVar[tuple[str, ...]] = ("redis",)
+    extra: ClassVar[str | None] = "redis"
 
     def __init__(self, url: ParsedURL, options: Mapping[str, Any]) -> None:
         self._url = url
@@ -423,17 +447,16 @@ class RedisBackend(Backend):
         self._history: int = options["history"]
         self._connect_kwargs = _connect_kwargs(url, options)
         self._ttl = 10.0  # until a lease is granted: only sets the watch poll period
-        self._closed = False
-        self._watches: set[_RedisWatch] = set()
+        self._watches: WatchRegistry[_RedisWatch] = WatchRegistry(self.describe)
         self._lock = threading.Lock()
         self._grants: dict[int, str] = {}  # our leases: id -> token of our grant (guarded by _lock)
-        self._client = self.new_client(single_connection=False)
+        self._client = self._new_client()
         self._scripts = {name: self._client.register_script(_PRELUDE + body) for name, body in (
             ("grant", _GRANT), ("keepalive", _KEEPALIVE), ("create", _CREATE), ("replace", _REPLACE),
             ("delete", _DELETE), ("revoke", _REVOKE), ("list", _LIST), ("snapshot", _SNAPSHOT),
             ("poll", _POLL))}
         try:
-            with self.boundary("connecting"):
+            with self._boundary("connecting"):
                 self._client.ping()
         except WaypostError:
             self._client.close()
@@ -450,31 +473,31 @@ class RedisBackend(Backend):
         return f"<RedisBackend {self.describe()} prefix={self._prefix!r}>"
 
     # plumbing ------------------------------------------------------------------------
-    def new_client(self, single_connection: bool) -> redis.Redis:
+    def _new_client(self, *, watch_timeout: float | None = None) -> redis.Redis:
         """A client with this backend's settings.
 
-        A watch gets its own single connection, without redis-py's retry: its
-        loop retries itself, and a read it breaks on close must not be redone.
+        A watch gets its own single connection (``watch_timeout`` is its socket
+        timeout), without redis-py's retry: its loop retries itself, and a read
+        it breaks on close must not be redone.
         """
         kwargs = dict(self._connect_kwargs)
-        if single_connection:
-            kwargs["retry"] = Retry(NoBackoff(), 0)
-        return redis.Redis(single_connection_client=single_connection, **kwargs)
+        if watch_timeout is not None:
+            kwargs |= {"retry": Retry(NoBackoff(), 0), "socket_timeout": watch_timeout}
+        return redis.Redis(single_connection_client=watch_timeout is not None, **kwargs)
 
     @contextlib.contextmanager
-    def boundary(self, what: str) -> Iterator[None]:
+    def _boundary(self, what: str) -> Iterator[None]:
         """Translate redis-py exceptions raised inside into waypost's, cause chained."""
         try:
             yield
         except rexc.RedisError as exc:
             raise _translate(exc, f"{what} on {self.describe()}") from exc
 
-    def run(self, script: str, *args: str | bytes | int, client: redis.Redis | None = None) -> Any:
+    def _run(self, script: str, *args: str | bytes | int, client: redis.Redis | None = None) -> Any:
         """Run a named script (EVALSHA, loading it after a restart) inside the boundary."""
-        if self._closed:
-            raise Closed(f"{self.describe()} backend is closed")
+        self._watches.check_open()
         argv = (self._prefix, secrets.token_hex(8), self._history, *args)
-        with self.boundary(f"redis {script}"):
+        with self._boundary(f"redis {script}"):
             return self._scripts[script](keys=[], args=argv, client=client)
 
     # SPI -------------------------------------------------------------------------------
@@ -483,7 +506,7 @@ class RedisBackend(Backend):
         for _ in range(16):
             lease_id = preferred_id or random_instance_id()
             token = secrets.token_hex(8)
-            if self.run("grant", str(lease_id), _ms(ttl), token):
+            if self._run("grant", str(lease_id), _ms(ttl), token):
                 with self._lock:
                     self._grants[lease_id] = token
                 return Lease(lease_id, ttl)
@@ -497,57 +520,41 @@ class RedisBackend(Backend):
             return self._grants.get(lease_id, "")
 
     def keep_alive(self, lease: Lease) -> None:
-        if not self.run("keepalive", str(lease.id), _ms(lease.ttl), self._grant_of(lease.id)):
+        if not self._run("keepalive", str(lease.id), _ms(lease.ttl), self._grant_of(lease.id)):
             raise LeaseLost(f"redis lease {lease.id:x} has expired, was revoked, or its id was granted again")
 
     def revoke_lease(self, lease_id: int) -> None:
         with self._lock:
             token = self._grants.get(lease_id, "")
-        self.run("revoke", str(lease_id), token)
+        self._run("revoke", str(lease_id), token)
         with self._lock:
             if self._grants.get(lease_id) == token:
                 del self._grants[lease_id]
 
     def create(self, lease: Lease, key: str, value: bytes) -> None:
-        self._check_write(self.run("create", str(lease.id), key, value, self._grant_of(lease.id)), lease, key)
+        self._check_write(self._run("create", str(lease.id), key, value, self._grant_of(lease.id)), lease, key)
 
     def replace(self, lease: Lease, key: str, value: bytes) -> None:
-        self._check_write(self.run("replace", str(lease.id), key, value, self._grant_of(lease.id)), lease, key)
+        self._check_write(self._run("replace", str(lease.id), key, value, self._grant_of(lease.id)), lease, key)
 
     def delete(self, lease: Lease, key: str) -> None:
-        self.run("delete", str(lease.id), key, self._grant_of(lease.id))
+        self._run("delete", str(lease.id), key, self._grant_of(lease.id))
 
     def list(self, prefix: str) -> list[tuple[str, bytes]]:
-        keys, values = self.run("list", prefix)
+        keys, values = self._run("list", prefix)
         return _pairs(keys, values)
 
     def watch(self, prefix: str, sink: WatchSink) -> WatchHandle:
-        # Block short enough to reap often, and well inside the socket timeout (else a quiet
-        # log would read as a dead server).
-        block = min(self._ttl / 4, MAX_WATCH_BLOCK, self._connect_kwargs["socket_timeout"] / 2)
-        watch = _RedisWatch(self, prefix, sink, block=block)
-        with self._lock:
-            self._watches.add(watch)
-        return watch
+        return self._watches.open(_RedisWatch(self, prefix, sink))
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        with self._lock:
-            watches = list(self._watches)
-        for watch in watches:
-            watch.close()
-        self._client.close()
+        if self._watches.close():
+            self._client.close()
 
     # used by watches ---------------------------------------------------------------------
-    def snapshot(self, prefix: str, client: redis.Redis) -> tuple[_Items, _Position]:
-        keys, values, epoch, seq, last_id = self.run("snapshot", prefix, client=client)
+    def _snapshot(self, prefix: str, client: redis.Redis) -> tuple[_Items, _Position]:
+        keys, values, epoch, seq, last_id = self._run("snapshot", prefix, client=client)
         return _pairs(keys, values), _Position(_text(epoch), int(seq), _text(last_id))
-
-    def forget(self, watch: _RedisWatch) -> None:
-        with self._lock:
-            self._watches.discard(watch)
 
     @staticmethod
     def _check_write(result: Any, lease: Lease, key: str) -> None:
@@ -563,24 +570,27 @@ def _ms(seconds: float) -> int:
 
 
 def _pairs(keys: Sequence[bytes], values: Sequence[bytes | None]) -> list[tuple[str, bytes]]:
-    # A key without a value can only come from a foreign writer: skip it.
-    return [(key.decode(), value) for key, value in zip(keys, values, strict=True) if value is not None]
+    # A key without a value, or one that is not UTF-8, can only come from a foreign writer: skip it.
+    pairs = []
+    for raw, value in zip(keys, values, strict=True):
+        if value is None:
+            continue
+        try:
+            pairs.append((raw.decode(), value))
+        except UnicodeDecodeError:
+            skip_value(raw.decode(errors="backslashreplace"), value, "the key in the Redis index is not UTF-8")
+    return pairs
 
 
 def _connect_kwargs(url: ParsedURL, options: Mapping[str, Any]) -> dict[str, Any]:
-    if len(url.hosts) > 1:
-        raise ConfigError(f"{url.scheme}:// takes one host[:port], got {len(url.hosts)}")
-    host, port = url.hosts[0] if url.hosts else ("127.0.0.1", None)
+    (address,) = hosts(url, DEFAULT_PORT, most=1)
     db_text = url.path.strip("/") or "0"
-    if not db_text.isdigit():
+    if not (db_text.isascii() and db_text.isdigit()):
         raise ConfigError(f"invalid database {url.path!r} in {url.redacted}: expected /N, e.g. /0")
-    tls = url.scheme == "rediss"
-    ssl_options = {name: options[name] for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")}
-    if not tls and any(ssl_options.values()):
-        raise ConfigError("ssl_* options need a rediss:// URL")
+    tls = tls_files(url, options, tls=url.scheme == "rediss")
     timeout: float = options["timeout"]
     kwargs: dict[str, Any] = {
-        "host": host or "127.0.0.1", "port": port or DEFAULT_PORT, "db": int(db_text),
+        "host": address.host, "port": address.port, "db": int(db_text),
         "username": options["username"] or url.username, "password": options["password"] or url.password,
         "socket_timeout": timeout, "socket_connect_timeout": timeout,
         # One immediate retry on a broken connection (a pooled socket the server closed,
@@ -588,8 +598,9 @@ def _connect_kwargs(url: ParsedURL, options: Mapping[str, Any]) -> dict[str, Any
         "retry": Retry(NoBackoff(), 1, supported_errors=(rexc.ConnectionError,)),
         "driver_info": None,  # no CLIENT SETINFO: a narrow ACL user may not have it
     }
-    if tls:
-        kwargs |= {"ssl": True, "ssl_cert_reqs": "required", **ssl_options}
+    if tls is not None:
+        kwargs |= {"ssl": True, "ssl_cert_reqs": "required", "ssl_ca_certs": tls.ca_cert,
+                   "ssl_certfile": tls.client_cert, "ssl_keyfile": tls.client_key}
     return kwargs
 
 
@@ -604,132 +615,85 @@ class _Position:
         self.last_id = last_id
 
 
-class _Stopped(Exception):
-    """The watch was closed: unwind its thread."""
+class _RedisWatch(WatchLoop):
+    """Snapshot, then follow the change log on a dedicated connection (XREAD BLOCK between polls)."""
 
+    thread_name = "waypost-redis-watch"
+    resumable = True
 
-class _Resync(Exception):
-    """The log cannot continue the watcher's view: re-list."""
-
-
-class _RedisWatch:
-    """Snapshot, then follow the change log from a thread on a dedicated connection."""
-
-    def __init__(self, backend: RedisBackend, prefix: str, sink: WatchSink, block: float) -> None:
+    def __init__(self, backend: RedisBackend, prefix: str, sink: WatchSink) -> None:
+        silence = max(backend._ttl, 1.0)
+        # Block short enough to reap often, and well inside the socket timeout (else a quiet log
+        # would read as a dead server); a silent server times the socket out within the limit.
+        block = min(backend._ttl / 4, MAX_WATCH_BLOCK, silence / 4)
+        timeout = min(backend._connect_kwargs["socket_timeout"], silence - block)
+        super().__init__(prefix, sink, silence_limit=silence, join_timeout=timeout + 1.0,
+                         on_close=backend._watches.forget)
         self._backend = backend
-        self._prefix = prefix
-        self._sink = sink
         self._block_ms = max(10, round(block * 1000))
-        self._stop = threading.Event()
-        self._lock = threading.RLock()  # held while calling the sink; close() takes it
-        self._client = backend.new_client(single_connection=True)
-        try:
-            items, self._position = backend.snapshot(prefix, self._client)
-        except BaseException:
-            self._client.close()
-            raise
-        sink.reset(items, None)
-        self._thread = threading.Thread(target=self._run, name="waypost-redis-watch", daemon=True)
-        self._thread.start()
+        self._client = backend._new_client(watch_timeout=timeout)
+        self._position = _Position("", 0, "0-0")
 
-    # the thread ------------------------------------------------------------------------
-    def _run(self) -> None:
-        failures = 0
-        outage: str | None = None  # the error that interrupted the watch, until it is back
-        resync: str | None = None  # why the next iteration must re-list, if it must
-        try:
-            while not self._stop.is_set():
-                try:
-                    if resync is not None:
-                        self._resync(resync)
-                        resync = outage = None
-                    elif outage is None:
-                        self._step(block=True)
-                    elif self._step(block=False) < READ_BATCH:
-                        # Back after an outage with the missed changes replayed from the
-                        # log: re-list once more, so consumers get a Resynced notice that
-                        # ends the Interrupted state (normally an empty diff).
-                        resync = f"reconnected after: {outage}"
-                    failures = 0
-                except _Resync as reason:
-                    resync = str(reason)
-                except Closed:
-                    raise  # the backend is closed: nothing to retry (ends below, quietly if closing)
-                except WaypostError as exc:
-                    # Any failed call is an outage, not the end of the watch: unreachable, denied,
-                    # or an error reply (OOM at maxmemory, a script error). Report it, back off,
-                    # and catch up (or re-list) when calls succeed again.
-                    failures += 1
-                    outage = str(exc)
-                    self._deliver(self._sink.interrupted, outage)
-                    self._stop.wait(min(0.1 * 2 ** (failures - 1), MAX_BACKOFF))
-        except _Stopped:
-            pass
-        except Exception as exc:  # anything else ends the watch, loudly
-            with contextlib.suppress(_Stopped):
-                self._deliver(self._sink.failed, exc)
-        finally:
-            self._client.close()
+    def snapshot(self) -> _Items:
+        items, self._position = self._backend._snapshot(self.prefix, self._client)
+        return items
 
-    def _step(self, block: bool) -> int:
+    def follow(self) -> None:
+        while not self.stopped:
+            if self._step() < READ_BATCH:
+                self.caught_up()  # the missed changes (if any) are all replayed
+
+    def _step(self) -> int:
         """Poll (reap, check epoch and history, read what is new); if idle, block on the log.
 
         Return how many log entries were applied.
         """
         pos = self._position
-        reply = self._backend.run("poll", pos.epoch, pos.seq, pos.last_id, READ_BATCH, client=self._client)
+        try:
+            reply = self._backend._run("poll", pos.epoch, pos.seq, pos.last_id, READ_BATCH, client=self._client)
+        except BackendUnavailable as exc:
+            raise _silence(exc) from exc
         status = _text(reply[0])
         if status != "ok":
-            raise _Resync("the Redis data was replaced (restart or flush)" if status == "epoch"
-                          else "the change log was trimmed past this watcher")
+            raise Resync("the Redis data was replaced (restart or flush)" if status == "epoch"
+                         else "the change log was trimmed past this watcher")
         entries: Sequence[_Entry] = [(_text(entry_id), _fields(raw)) for entry_id, raw in reply[1]]
-        if not entries and block:
+        if not entries:
             entries = self._read_blocking()
         self._apply(entries)
         return len(entries)
 
     def _read_blocking(self) -> list[_Entry]:
         log_key = self._backend._prefix + "log"
-        with self._backend.boundary("redis watch"):
-            reply: Any = self._client.xread({log_key: self._position.last_id}, count=READ_BATCH, block=self._block_ms)
+        try:
+            with self._backend._boundary("redis watch"):
+                reply: Any = self._client.xread({log_key: self._position.last_id}, count=READ_BATCH,
+                                                block=self._block_ms)
+        except BackendUnavailable as exc:
+            raise _silence(exc) from exc
         return [(_text(entry_id), fields) for _, stream in reply or [] for entry_id, fields in stream]
 
     def _apply(self, entries: Sequence[_Entry]) -> None:
         pos = self._position
         for entry_id, fields in entries:
-            seq = int(fields.get(b"s", b"0"))
-            if _text(fields.get(b"e", b"")) != pos.epoch or seq != pos.seq + 1:
-                raise _Resync("the change log has a gap (restart or trim)")
+            try:
+                epoch, seq = fields[b"e"].decode(), int(fields[b"s"])
+                key, op = fields[b"k"].decode(), fields[b"o"]
+            except (KeyError, ValueError, UnicodeDecodeError):
+                skip_value(f"{self._backend._prefix}log {entry_id}", repr(fields).encode(),
+                           "not an entry of waypost's change log")
+                raise Resync(f"a foreign entry {entry_id} in the change log") from None
+            if epoch != pos.epoch or seq != pos.seq + 1:
+                raise Resync("the change log has a gap (restart or trim)")
             pos.seq, pos.last_id = seq, entry_id
-            key = _text(fields.get(b"k", b""))
-            if not key.startswith(self._prefix):
+            if not key.startswith(self.prefix):
                 continue
-            if fields.get(b"o") == b"put":
-                self._deliver(self._sink.put, key, fields.get(b"v", b""))
+            if op == b"put":
+                self.put(key, fields.get(b"v", b""))
             else:
-                self._deliver(self._sink.delete, key)
+                self.delete(key)
 
-    def _resync(self, reason: str) -> None:
-        items, self._position = self._backend.snapshot(self._prefix, self._client)
-        self._deliver(self._sink.reset, items, reason)
-
-    def _deliver(self, call: Callable[..., None], *args: Any) -> None:
-        with self._lock:
-            if self._stop.is_set():
-                raise _Stopped
-            call(*args)
-
-    # WatchHandle -------------------------------------------------------------------------
-    def close(self) -> None:
-        with self._lock:  # waits for a sink call in progress; none starts after this
-            self._stop.set()
-        self._backend.forget(self)
-        if self._thread is threading.current_thread():
-            return
-        self._interrupt_read()
-        self._thread.join(self._block_ms / 1000 + 1.0)
-
-    def _interrupt_read(self) -> None:
+    def interrupt(self) -> None:
         """Wake the thread from XREAD BLOCK (or a read from a paused server) at once.
 
         Shutting the socket down makes the read return EOF in the watch thread,
@@ -742,17 +706,16 @@ class _RedisWatch:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
+    def release(self) -> None:
+        self._client.close()
+
+
+def _silence(exc: BackendUnavailable) -> BackendUnavailable:
+    """A timed-out read is a silent server; anything else stays what it was."""
+    return Silent(str(exc)) if isinstance(exc.__cause__, rexc.TimeoutError) else exc
+
 
 def _fields(raw: Sequence[bytes]) -> dict[bytes, bytes]:
     """A log entry's flat ``[field, value, …]`` list (as Lua returns it) as a dict."""
     return dict(zip(raw[::2], raw[1::2], strict=True))
 
-
-@hookimpl
-def waypost_backend_class(scheme: str) -> type[Backend] | None:
-    return RedisBackend if scheme in RedisBackend.schemes else None
-
-
-@hookimpl
-def waypost_backend(url: ParsedURL, options: Mapping[str, Any]) -> Backend | None:
-    return RedisBackend.from_url(url, options) if url.scheme in RedisBackend.schemes else None

@@ -54,16 +54,11 @@ except ImportError as exc:
         name=__name__,
     ) from exc
 
-from waypost.core._errors import CodecError, InvalidName
-from waypost.core._instance import parse_instance_key
-from waypost.core._names import validate_namespace, validate_segment
-from waypost.core._plugins import plugin_manager, register_plugin
-from waypost.core.hookspecs import hookimpl
+from waypost import CodecError, EndpointId, InvalidName, hookimpl, register_plugin, unregister_plugin
+from waypost.core import parse_instance_key, plugin_manager
 
 if TYPE_CHECKING:
-    from waypost.core._instance import Instance
-    from waypost.core._query import Query
-    from waypost.core._runtime import Runtime
+    from waypost import Instance, Query, Runtime
 
 __all__ = ["WaypostMetrics", "install", "uninstall"]
 
@@ -149,9 +144,7 @@ def _key_labels(key: str) -> tuple[str, str, str]:
     # cannot inject arbitrary strings (or unbounded label sets) into the metrics.
     try:
         namespace, component, endpoint, _ = parse_instance_key(key)
-        validate_namespace(namespace)
-        validate_segment("component", component)
-        validate_segment("endpoint", endpoint)
+        EndpointId(namespace, component, endpoint)  # checks every name
     except (CodecError, InvalidName):
         return "", "", ""
     return namespace, component, endpoint
@@ -192,9 +185,8 @@ def uninstall(plugin: WaypostMetrics | None = None) -> None:
         for item in plugins:
             if _installed.get(id(item.registry)) is item:
                 del _installed[id(item.registry)]
-            manager = plugin_manager()
-            if manager.is_registered(item):
-                manager.unregister(item)
+            if plugin_manager().is_registered(item):
+                unregister_plugin(item)
             _unregister_collectors(item)
 
 

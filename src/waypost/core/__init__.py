@@ -1,8 +1,11 @@
 """waypost's core: names, the Instance wire format, queries, events, errors,
-the backend SPI and the Runtime. It imports nothing from ``backends`` or
-``contrib``. Backend authors import the SPI from here."""
+the backend SPI, the backend kit and the Runtime. It imports nothing from
+``backends`` or ``contrib``. Backend authors import the SPI and the kit from
+here (see ``docs/writing-a-backend.md``)."""
 
+from . import faults
 from ._config import (
+    check_timeout,
     parse_bool,
     parse_choice,
     parse_float,
@@ -26,17 +29,34 @@ from ._errors import (
     NotFound,
     WaypostError,
 )
+from ._handles import HandleCache, Operations
 from ._instance import KEY_ROOT, decode_entry, instance_key, parse_instance_key
+from ._kit import (
+    Backoff,
+    HostPort,
+    Resync,
+    Silent,
+    TLSFiles,
+    WatchLoop,
+    WatchRegistry,
+    hosts,
+    prefix_option,
+    tls_files,
+    tls_options,
+)
 from ._plugins import (
     BackendEntry,
     backend_class,
     installed_backends,
+    missing_requirements,
     plugin_manager,
+    register_backend,
     register_plugin,
     unregister_plugin,
 )
 from ._runtime import RUNTIME_OPTIONS, random_instance_id
 from ._spi import Backend, Capability, Lease, Option, ParsedURL, WatchHandle, WatchSink
+from ._watch import skip_value
 from .hookspecs import hookimpl
 
 __all__ = [
@@ -46,27 +66,40 @@ __all__ = [
     "BackendEntry",
     "BackendNotInstalled",
     "BackendUnavailable",
+    "Backoff",
     "Capability",
     "Closed",
     "CodecError",
     "ConfigError",
+    "HandleCache",
+    "HostPort",
     "InvalidName",
     "KEY_ROOT",
     "Lease",
     "LeaseLost",
     "NoInstances",
     "NotFound",
+    "Operations",
     "Option",
     "ParsedURL",
     "RUNTIME_OPTIONS",
+    "Resync",
+    "Silent",
+    "TLSFiles",
     "WatchHandle",
+    "WatchLoop",
+    "WatchRegistry",
     "WatchSink",
     "WaypostError",
     "backend_class",
+    "check_timeout",
     "decode_entry",
+    "faults",
     "hookimpl",
+    "hosts",
     "installed_backends",
     "instance_key",
+    "missing_requirements",
     "parse_bool",
     "parse_choice",
     "parse_float",
@@ -75,9 +108,14 @@ __all__ = [
     "parse_str",
     "parse_url",
     "plugin_manager",
+    "prefix_option",
     "random_instance_id",
+    "register_backend",
     "register_plugin",
     "resolve_options",
     "resolve_url",
+    "skip_value",
+    "tls_files",
+    "tls_options",
     "unregister_plugin",
 ]

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ._config import check_timeout
 from ._errors import Closed, NoInstances
 from ._events import Added, Event, Removed
 from ._instance import Instance
@@ -26,7 +27,10 @@ class Client:
     """The live instances of one endpoint, fed by a watch.
 
     Picks skip instances reported down (for ``down_period`` seconds). If the
-    watch fails, the client keeps serving its last snapshot.
+    watch fails, the client keeps serving its last snapshot. The set is always
+    current (a client never lags behind its watch). ``notify`` (if given) is
+    called from the watch's thread whenever the set changed or the client
+    closed: the seam the asyncio twin uses.
     """
 
     def __init__(
@@ -35,6 +39,7 @@ class Client:
         start: Callable[[InstanceView], WatchHandle],
         down_period: float = 5.0,
         on_close: Callable[[Client], None] | None = None,
+        notify: Callable[[], None] | None = None,
     ) -> None:
         self.endpoint_id = endpoint_id
         self.down_period = down_period
@@ -42,6 +47,7 @@ class Client:
         self._down_until: dict[int, float] = {}
         self._counter = itertools.count()
         self._on_close = on_close
+        self._notify = notify
         self._closed = False
         self._view = InstanceView(Query.from_endpoint_id(endpoint_id), self._on_events)
         self._by_key: dict[str, Instance] = {}
@@ -57,6 +63,8 @@ class Client:
                     self._by_key.pop(event.instance.key, None)
             self._instances = sorted(self._by_key.values(), key=str)
             self._changed.notify_all()
+        if self._notify is not None:
+            self._notify()
 
     # reading ----------------------------------------------------------------
     def instances(self) -> list[Instance]:
@@ -75,22 +83,33 @@ class Client:
 
     def wait_for_instances(self, timeout: float | None = None, count: int = 1) -> list[Instance]:
         """Block until at least ``count`` instances are known; raise :class:`NoInstances` on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = check_timeout(timeout, "timeout")
         with self._changed:
-            while len(self._instances) < count:
-                if self._closed:
-                    raise Closed(f"client of {self.endpoint_id} is closed")
-                if self._view.error is not None:  # no more updates will come: say why
-                    raise NoInstances(
-                        f"{self.endpoint_id}: the watch feeding this client failed: {self._view.error}"
-                    ) from self._view.error
+            while (ready := self.poll_instances(count)) is None:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise NoInstances(
                         f"{self.endpoint_id}: {len(self._instances)} instance(s) after {timeout} s, wanted {count}"
                     )
                 self._changed.wait(left)
-            return list(self._instances)
+            return ready
+
+    def poll_instances(self, count: int = 1) -> list[Instance] | None:
+        """The instances if at least ``count`` are known, ``None`` if not yet (never blocks).
+
+        Raises :class:`Closed` or :class:`NoInstances` when they never will be
+        (the client is closed, or the watch feeding it failed).
+        """
+        with self._changed:
+            if len(self._instances) >= count:
+                return list(self._instances)
+            if self._closed:
+                raise Closed(f"client of {self.endpoint_id} is closed")
+            if self._view.error is not None:  # no more updates will come: say why
+                raise NoInstances(
+                    f"{self.endpoint_id}: the watch feeding this client failed: {self._view.error}"
+                ) from self._view.error
+            return None
 
     # picking ----------------------------------------------------------------
     def _pickable(self) -> list[Instance]:
@@ -129,6 +148,8 @@ class Client:
         finally:
             with self._changed:
                 self._changed.notify_all()
+            if self._notify is not None:
+                self._notify()
             if self._on_close is not None:
                 self._on_close(self)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
@@ -20,6 +22,7 @@ from ._errors import ConfigError
 from ._spi import Option, ParsedURL
 
 __all__ = [
+    "check_timeout",
     "parse_bool",
     "parse_choice",
     "parse_float",
@@ -136,6 +139,8 @@ def resolve_options(
     """Merge and parse options; unknown names are a :class:`ConfigError`."""
     env = os.environ if environ is None else environ
     by_name = {opt.name: opt for opt in declared}
+    kwargs = _rename_aliases(by_name.values(), kwargs, "keyword argument", where)
+    query = _rename_aliases(by_name.values(), query, "URL query parameter", where)
     for source, names in (("keyword argument", kwargs), ("URL query parameter", query)):
         unknown = sorted(set(names) - set(by_name))
         if unknown:
@@ -164,6 +169,23 @@ def resolve_options(
                 raise ConfigError(f"invalid {origin} (value hidden): {opt.help or 'see the backend docs'}") from None
             raise ConfigError(f"invalid {origin}={raw!r}: {exc}") from None
     return result
+
+
+def _rename_aliases(declared: Iterable[Option], given: Mapping[str, Any], source: str,
+                    where: str) -> Mapping[str, Any]:
+    """``given`` with former option names replaced by today's (warning once per use)."""
+    renames = {alias: opt.name for opt in declared for alias in opt.aliases}
+    if not renames.keys() & given.keys():
+        return given
+    renamed: dict[str, Any] = {}
+    for name, value in given.items():
+        new = renames.get(name, name)
+        if new != name:
+            warnings.warn(f"{source} {name!r} of {where} is now called {new!r}", DeprecationWarning, stacklevel=4)
+            if new in given:
+                raise ConfigError(f"{source}s {name!r} and {new!r} of {where} are the same option: give one")
+        renamed[new] = value
+    return renamed
 
 
 # Parsers for Option.parse ---------------------------------------------------
@@ -222,3 +244,19 @@ def parse_str(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {type(value).__name__}")
     return value
+
+
+def check_timeout(value: object, name: str = "timeout") -> float | None:
+    """The monotonic deadline of a timeout of ``value`` seconds; ``None`` (wait forever) for ``None`` or inf.
+
+    Anything but ``None`` or a number ≥ 0 is a :class:`ConfigError` naming ``name``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number of seconds or None, got {type(value).__name__}")
+    if math.isnan(value) or value < 0:
+        raise ConfigError(f"{name} must be a number of seconds ≥ 0 or None, got {value!r}")
+    if math.isinf(value):
+        return None
+    return time.monotonic() + value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._errors import ConfigError
 from ._instance import KEY_ROOT, Instance
 from ._names import EndpointId, validate_namespace, validate_segment
 
@@ -23,7 +24,7 @@ class Query:
 
     def __init__(self, *levels: str) -> None:
         if len(levels) > 3:
-            raise ValueError(f"a Query has at most 3 levels (namespace, component, endpoint), got {levels!r}")
+            raise ConfigError(f"a Query has at most 3 levels (namespace, component, endpoint), got {len(levels)}")
         if levels:
             validate_namespace(levels[0])
         for kind, value in zip(("component", "endpoint"), levels[1:], strict=False):
@@ -62,6 +63,9 @@ class Query:
         component and endpoint; use ``/`` to query a component of a child
         namespace unambiguously (``parent.child/comp``).
         """
+        if text is not None and not isinstance(text, str):
+            raise ConfigError(f"a query is a string such as 'ns', 'ns.comp' or 'ns.comp.ep', or a Query; "
+                              f"got {type(text).__name__}")
         if not text or text == "*":
             return cls()
         body = text.removeprefix("dyn://").strip("/")
@@ -69,8 +73,13 @@ class Query:
         if "/" not in body and len(parts) > 3:
             parts = [".".join(parts[:-2]), *parts[-2:]]
         if len(parts) > 3:
-            raise ValueError(f"invalid query {text!r}: expected ns, ns.comp or ns.comp.ep")
+            raise ConfigError(f"invalid query {text[:80]!r}: expected ns, ns.comp or ns.comp.ep")
         return cls(*parts)
+
+    @classmethod
+    def of(cls, query: Query | str | None) -> Query:
+        """``query`` as a Query: a Query as it is, a string through :meth:`parse`, ``None`` for all."""
+        return query if isinstance(query, Query) else cls.parse(query)
 
     @property
     def prefix(self) -> str:

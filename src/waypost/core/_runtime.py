@@ -1,7 +1,9 @@
-"""Runtime and its handles: Namespace → Component → Endpoint → Registration.
+"""The Runtime: one lease, its registrations, watches and clients; and ``connect()``.
 
 A Runtime holds one lease, kept alive by one background thread however many
 endpoints it serves. Its registrations are re-created if the lease is lost.
+Its handles (Namespace → Component → Endpoint) live in ``_handles``, shared
+with the asyncio twin.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ from typing import Any, TypeVar
 from ._client import Client
 from ._config import parse_choice, parse_float, parse_int, parse_url, resolve_options, resolve_url
 from ._errors import AlreadyRegistered, Closed, ConfigError, LeaseLost, WaypostError
+from ._handles import Endpoint, HandleCache, Namespace
 from ._instance import DeviceType, Instance, RequestPlaneCodec, TransportType
-from ._names import EndpointId, service_name, validate_namespace, validate_segment
-from ._plugins import backend_class, notify, plugin_manager
+from ._names import EndpointId
+from ._plugins import backend_class, notify, require_installed
 from ._query import Query
 from ._spi import Backend, Capability, Lease, Option, ParsedURL, WatchHandle
-from ._watch import InstanceView, Watch, decode_items
+from ._watch import MAX_QUEUED, InstanceView, Watch, decode_items
 
-__all__ = ["Component", "Endpoint", "Namespace", "Registration", "Runtime", "connect"]
+__all__ = ["RUNTIME_OPTIONS", "Registration", "Runtime", "connect", "random_instance_id"]
 
 _log = logging.getLogger("waypost")
 _Tracked = TypeVar("_Tracked", bound=Watch | Client)
@@ -34,6 +37,8 @@ RUNTIME_OPTIONS = (
            "what to do when the lease is lost: re-register everything, or shut the Runtime down"),
     Option("instance_id", parse_int(1, 2**64 - 1), None,
            "ask for this instance id (backends with the chosen-instance-id capability)"),
+    Option("max_queued", parse_int(16, 10_000_000), MAX_QUEUED,
+           "events a watch queues for a slow consumer before it drops them and resyncs it"),
 )
 
 
@@ -49,6 +54,7 @@ def connect(url: str | None = None, **options: Any) -> Runtime:
     """
     parsed = parse_url(resolve_url(url))
     cls = backend_class(parsed.scheme)
+    require_installed(cls, parsed.scheme)
     runtime_names = {o.name for o in RUNTIME_OPTIONS}
     declared = (*RUNTIME_OPTIONS, *cls.options)
     merged = resolve_options(declared, options, parsed.query, env_names=cls.runtime_option_env,
@@ -58,12 +64,10 @@ def connect(url: str | None = None, **options: Any) -> Runtime:
         raise ConfigError(f"ttl={merged['ttl']} is below the {parsed.scheme}:// minimum of {cls.min_ttl} s")
     if merged["instance_id"] is not None and Capability.CHOSEN_INSTANCE_ID not in cls.capabilities:
         raise ConfigError(f"the {parsed.scheme}:// backend picks instance ids itself; drop instance_id")
-    backend: Backend | None = plugin_manager().hook.waypost_backend(url=parsed, options=backend_options)
-    if backend is None:
-        raise ConfigError(f"no plugin built a backend for {parsed.redacted}")
+    backend = cls.from_url(parsed, backend_options)
     try:
         return Runtime(backend, parsed, ttl=merged["ttl"], on_lease_lost=merged["on_lease_lost"],
-                       instance_id=merged["instance_id"])
+                       instance_id=merged["instance_id"], max_queued=merged["max_queued"])
     except BaseException:
         backend.close()
         raise
@@ -112,17 +116,20 @@ class Runtime:
     """A process's connection to discovery: one lease, its registrations, watches and clients."""
 
     def __init__(self, backend: Backend, url: ParsedURL, *, ttl: float = 10.0,
-                 on_lease_lost: str = "reregister", instance_id: int | None = None) -> None:
+                 on_lease_lost: str = "reregister", instance_id: int | None = None,
+                 max_queued: int = MAX_QUEUED) -> None:
         self.backend = backend
         self.url = url
         self.ttl = ttl
         self.on_lease_lost = on_lease_lost
+        self.max_queued = max_queued
         self._lock = threading.RLock()  # guards registrations and the lease; held across store writes
-        self._handles_lock = threading.Lock()  # guards the namespace cache and open watches; never held on I/O
+        self._handles_lock = threading.Lock()  # guards open watches; never held on I/O
         self._registrations: dict[EndpointId, Registration] = {}
         self._pending_deletes: set[str] = set()  # keys to delete whose first delete failed
-        self._namespaces: dict[str, Namespace] = {}
+        self._handles: HandleCache[Registration, list[Instance], Watch, Client] = HandleCache(self)
         self._watches: set[Watch | Client] = set()
+        self._last_warning: tuple[str, float] = ("", 0.0)
         self._closed = False
         self._stop = threading.Event()
         self._keepalive_paused_until = 0.0
@@ -143,17 +150,13 @@ class Runtime:
         return f"<Runtime {self.url.redacted} instance_id={self.instance_id:x}{' closed' if self._closed else ''}>"
 
     # handles ----------------------------------------------------------------
-    def namespace(self, name: str) -> Namespace:
-        validate_namespace(name)
-        with self._handles_lock:
-            ns = self._namespaces.get(name)
-            if ns is None:
-                ns = self._namespaces[name] = Namespace(self, name)
-            return ns
+    def namespace(self, name: str) -> Namespace[Registration, list[Instance], Watch, Client]:
+        """The namespace ``name`` (``parent.child`` for a child); the same object for the same name."""
+        return self._handles.namespace(name)
 
-    def endpoint(self, endpoint_id: EndpointId | str) -> Endpoint:
-        eid = endpoint_id if isinstance(endpoint_id, EndpointId) else EndpointId.parse(endpoint_id)
-        return self.namespace(eid.namespace).component(eid.component).endpoint(eid.name)
+    def endpoint(self, endpoint_id: EndpointId | str) -> Endpoint[Registration, list[Instance], Watch, Client]:
+        """The endpoint named by an :class:`EndpointId` or its text (``dyn://ns.comp.ep``, ``ns/comp/ep``)."""
+        return self._handles.endpoint(endpoint_id)
 
     # registration -------------------------------------------------------------
     def _check_open(self) -> None:
@@ -162,7 +165,7 @@ class Runtime:
 
     def register(
         self,
-        endpoint_id: EndpointId,
+        endpoint_id: EndpointId | str,
         transport: TransportType,
         device_type: DeviceType | str | None = None,
         request_plane_codec: RequestPlaneCodec | str | None = None,
@@ -174,6 +177,7 @@ class Runtime:
         everything re-registered) and then registers; with
         ``on_lease_lost="shutdown"`` it raises :class:`LeaseLost` instead.
         """
+        endpoint_id = _endpoint_id(endpoint_id)
         fields = {"transport": transport, "device_type": device_type,
                   "request_plane_codec": request_plane_codec, "metadata": metadata}
         try:
@@ -245,13 +249,13 @@ class Runtime:
         notify("waypost_on_unregistered", runtime=self, instance=instance)
 
     def registrations(self) -> list[Registration]:
-        with self._lock:
-            return list(self._registrations.values())
+        """This Runtime's active registrations (a snapshot; it never waits for a store write)."""
+        return list(self._registrations.copy().values())
 
     # reading ------------------------------------------------------------------
-    def list_instances(self, query: Query | None = None) -> list[Instance]:
-        """Every instance matching ``query`` (default: all), sorted; one store read."""
-        query = query or Query.all()
+    def list_instances(self, query: Query | str | None = None) -> list[Instance]:
+        """Every instance matching ``query`` (a :class:`Query` or its text; default: all), sorted; one read."""
+        query = Query.of(query)
         self._check_open()
         return sorted(decode_items(self.backend.list(query.prefix), query).values(), key=str)
 
@@ -261,16 +265,24 @@ class Runtime:
 
         return start
 
-    def watch(self, query: Query | None = None) -> Watch:
-        """Watch ``query``: the current instances as ``Added``, then changes."""
-        query = query or Query.all()
-        self._check_open()
-        return self._track(Watch(query, self._start_watch(query), on_close=self._forget))
+    def watch(self, query: Query | str | None = None, *, notify: Callable[[], None] | None = None) -> Watch:
+        """Watch ``query`` (default: all): the current instances as ``Added``, then changes.
 
-    def client(self, endpoint_id: EndpointId, down_period: float = 5.0) -> Client:
+        ``notify`` is called from the watch's thread whenever events are ready
+        (the seam for event loops; see :class:`Watch`).
+        """
+        query = Query.of(query)
+        self._check_open()
+        return self._track(Watch(query, self._start_watch(query), on_close=self._forget, notify=notify,
+                                 max_queued=self.max_queued))
+
+    def client(self, endpoint_id: EndpointId | str, down_period: float = 5.0, *,
+               notify: Callable[[], None] | None = None) -> Client:
+        """A live, watch-fed set of ``endpoint_id``'s instances with pickers; see :class:`Client`."""
+        endpoint_id = _endpoint_id(endpoint_id)
         self._check_open()
         return self._track(Client(endpoint_id, self._start_watch(Query.from_endpoint_id(endpoint_id)),
-                                  down_period=down_period, on_close=self._forget))
+                                  down_period=down_period, on_close=self._forget, notify=notify))
 
     def _track(self, closable: _Tracked) -> _Tracked:
         """Remember an open watch or client so ``close()`` closes it, unless close already ran."""
@@ -304,9 +316,19 @@ class Runtime:
                 self._handle_lease_loss(lease, str(exc))
                 last_ok = time.monotonic()
             except WaypostError as exc:
-                _log.warning("keepalive of lease %x failed (%s); retrying", lease.id, exc)
+                self._warn_keepalive(f"keepalive of lease {lease.id:x} failed ({exc}); retrying")
             except Exception:  # never let the keepalive thread die silently
                 _log.exception("keepalive of lease %x raised; retrying", lease.id)
+
+    def _warn_keepalive(self, message: str) -> None:
+        """Log a failed keepalive; the same failure again only every 30 s (it is retried every ttl/12)."""
+        last, at = self._last_warning
+        now = time.monotonic()
+        if message != last or now - at >= 30.0:
+            self._last_warning = (message, now)
+            _log.warning("%s", message)
+        else:
+            _log.debug("%s", message)
 
     def _next_keepalive_delay(self, last_ok: float) -> float:
         overdue = time.monotonic() - last_ok >= self.keepalive_interval
@@ -404,7 +426,7 @@ class Runtime:
             notify("waypost_on_unregistered", runtime=self, instance=self._instance_for(registration))
 
     def _abandon(self) -> None:
-        """Test helper: behave like a crashed process (no unregister, no revoke)."""
+        """Behave like a crashed process (no unregister, no revoke): see :mod:`waypost.core.faults`."""
         with self._lock, self._handles_lock:
             self._closed = True
             watches = list(self._watches)
@@ -415,7 +437,7 @@ class Runtime:
         self.backend.close()
 
     def _pause_keepalive(self, seconds: float) -> None:
-        """Test helper: skip keepalives for ``seconds`` (like a process paused past its ttl)."""
+        """Skip keepalives for ``seconds`` (a process paused past its ttl): see :mod:`waypost.core.faults`."""
         self._keepalive_paused_until = time.monotonic() + seconds
 
     def __enter__(self) -> Runtime:
@@ -425,121 +447,13 @@ class Runtime:
         self.close()
 
 
-class _Scope:
-    """What Namespace, Component and Endpoint share: the instances their query names."""
-
-    @property
-    def runtime(self) -> Runtime:
-        raise NotImplementedError
-
-    @property
-    def query(self) -> Query:
-        raise NotImplementedError
-
-    def list_instances(self) -> list[Instance]:
-        return self.runtime.list_instances(self.query)
-
-    def watch(self) -> Watch:
-        return self.runtime.watch(self.query)
-
-
-class Namespace(_Scope):
-    """A group of components. ``component(name)`` returns the same object for the same name."""
-
-    def __init__(self, runtime: Runtime, name: str) -> None:
-        self._runtime = runtime
-        self.name = validate_namespace(name)
-        self._components: dict[str, Component] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def runtime(self) -> Runtime:
-        return self._runtime
-
-    def namespace(self, child: str) -> Namespace:
-        """The child namespace ``{self.name}.{child}``."""
-        validate_segment("namespace", child)
-        return self.runtime.namespace(f"{self.name}.{child}")
-
-    def component(self, name: str) -> Component:
-        validate_segment("component", name)
-        with self._lock:
-            component = self._components.get(name)
-            if component is None:
-                component = self._components[name] = Component(self, name)
-            return component
-
-    @property
-    def query(self) -> Query:
-        return Query.namespace(self.name)
-
-    def __repr__(self) -> str:
-        return f"<Namespace {self.name}>"
-
-
-class Component(_Scope):
-    """A named service in a namespace that hosts endpoints."""
-
-    def __init__(self, namespace: Namespace, name: str) -> None:
-        self.namespace = namespace
-        self.name = name
-
-    @property
-    def runtime(self) -> Runtime:
-        return self.namespace.runtime
-
-    def service_name(self) -> str:
-        return service_name(self.namespace.name, self.name)
-
-    def endpoint(self, name: str) -> Endpoint:
-        return Endpoint(self, name)
-
-    @property
-    def query(self) -> Query:
-        return Query.component(self.namespace.name, self.name)
-
-    def __repr__(self) -> str:
-        return f"<Component {self.namespace.name}/{self.name}>"
-
-
-class Endpoint(_Scope):
-    """A named entry point of a component; ``register()`` serves it, ``client()`` finds it."""
-
-    def __init__(self, component: Component, name: str) -> None:
-        self.component = component
-        self.id = EndpointId(component.namespace.name, component.name, name)
-
-    @property
-    def name(self) -> str:
-        return self.id.name
-
-    @property
-    def runtime(self) -> Runtime:
-        return self.component.runtime
-
-    def register(
-        self,
-        transport: TransportType,
-        device_type: DeviceType | str | None = None,
-        request_plane_codec: RequestPlaneCodec | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> Registration:
-        return self.runtime.register(self.id, transport, device_type, request_plane_codec, metadata)
-
-    def client(self, down_period: float = 5.0) -> Client:
-        return self.runtime.client(self.id, down_period=down_period)
-
-    @property
-    def query(self) -> Query:
-        return Query.from_endpoint_id(self.id)
-
-    def __repr__(self) -> str:
-        return f"<Endpoint {self.id}>"
-
-
 def random_instance_id() -> int:
     """A random non-zero u64, for backends whose store does not assign lease ids."""
     while True:
         value = secrets.randbits(64)
         if value:
             return value
+
+
+def _endpoint_id(endpoint_id: EndpointId | str) -> EndpointId:
+    return endpoint_id if isinstance(endpoint_id, EndpointId) else EndpointId.parse(endpoint_id)

@@ -71,6 +71,7 @@ class Option:
     value and raises ``ValueError`` naming what is allowed. ``env`` is the
     environment variable read when neither the keyword nor the URL sets it.
     ``secret`` options are never shown in ``repr``, logs or errors.
+    ``aliases`` are former names, still accepted (with a ``DeprecationWarning``).
     """
 
     name: str
@@ -79,6 +80,7 @@ class Option:
     help: str = ""
     env: str | None = None
     secret: bool = False
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,17 +112,25 @@ class WatchSink(Protocol):
     """Where a backend delivers a watch's changes (implemented by the core).
 
     A backend calls ``reset`` with the complete current state under the
-    prefix: first with the initial snapshot (``reason=None``), then whenever it
-    had to re-list (compaction, reconnect, trimmed history). Between resets it
-    calls ``put``/``delete`` in store order with nothing missed. While the store
-    is unreachable it calls ``interrupted`` (once per outage is enough) and
-    keeps retrying; ``failed`` ends the watch for good.
+    prefix: first with the initial snapshot, then whenever it had to re-list
+    (compaction, reconnect, trimmed history) with the ``reason``, which the
+    core turns into the minimal diff plus a ``Resynced`` notice. ``reset`` with
+    ``reason=None`` at any later time is a complete state too, delivered as
+    the minimal diff without a notice (stores that answer with states rather
+    than histories). Between resets it calls ``put``/``delete`` in store order
+    with nothing missed. While the store is unreachable it calls
+    ``interrupted`` (once per outage is enough) and keeps retrying; when the
+    store is back and its history covered the gap it calls ``resumed``
+    (a ``Resynced`` notice with nothing to change). ``failed`` ends the watch
+    for good. :class:`waypost.core.WatchLoop` makes all of these calls for a
+    backend.
     """
 
     def reset(self, items: Iterable[tuple[str, bytes]], reason: str | None) -> None: ...
     def put(self, key: str, value: bytes) -> None: ...
     def delete(self, key: str) -> None: ...
     def interrupted(self, reason: str) -> None: ...
+    def resumed(self, reason: str) -> None: ...
     def failed(self, error: BaseException) -> None: ...
 
 
@@ -132,10 +142,24 @@ class WatchHandle(Protocol):
 
 
 class Backend(abc.ABC):
-    """Base class of discovery backends. Subclass it in a plugin."""
+    """Base class of discovery backends. Subclass it in a plugin.
+
+    A plugin publishes the class under its URL schemes in the entry-point
+    group ``waypost.backends`` (``etcd = "waypost.backends.etcd:EtcdBackend"``);
+    waypost imports it only when a URL of one of those schemes is used. The
+    module must import without its client library (``requires``), so that
+    ``waypost backends`` can show the class's manual and ``connect()`` can say
+    which extra to install.
+    """
 
     #: URL schemes served (the entry-point names in group ``waypost.backends``).
     schemes: ClassVar[tuple[str, ...]] = ()
+    #: Modules the backend needs at run time (checked before ``from_url``), e.g. ``("redis",)``.
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: The pip extra that installs them, e.g. ``"redis"`` for ``pip install 'waypost[redis]'``.
+    extra: ClassVar[str | None] = None
+    #: The distribution that ships the backend (for install hints).
+    distribution: ClassVar[str] = "waypost"
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
     #: Backend-specific options (URL query or keyword arguments).
     options: ClassVar[tuple[Option, ...]] = ()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
+from ._config import check_timeout
 from ._errors import Closed, CodecError, WaypostError
 from ._events import Added, Event, Interrupted, Removed, Resynced
 from ._instance import Instance, decode_entry
@@ -19,7 +19,7 @@ from ._query import Query
 if TYPE_CHECKING:
     from ._spi import WatchHandle
 
-__all__ = ["InstanceView", "Watch", "decode_items"]
+__all__ = ["MAX_QUEUED", "InstanceView", "Watch", "decode_items", "skip_value"]
 
 _log = logging.getLogger("waypost")
 
@@ -40,13 +40,22 @@ def decode_or_warn(key: str, value: bytes, query: Query) -> Instance | None:
     try:
         return decode_entry(key, value)
     except CodecError as exc:
-        if _first_sighting(key, value):
-            if b'"type":"Endpoint"' in value or not value.lstrip().startswith(b"{"):
-                _log.warning("skipping undecodable value at %s: %s", key, exc)
-            else:  # another Dynamo record type (e.g. a Model): expected, not worth a warning
-                _log.debug("skipping non-endpoint value at %s: %s", key, exc)
-        notify("waypost_on_value_skipped", key=key, reason=str(exc))
+        # Another Dynamo record type (e.g. a Model) is expected, not worth a warning.
+        foreign = not (b'"type":"Endpoint"' in value or not value.lstrip().startswith(b"{"))
+        skip_value(key, value, str(exc), quietly=foreign)
         return None
+
+
+def skip_value(key: str, value: bytes, reason: str, *, quietly: bool = False) -> None:
+    """Report a stored key or value that is skipped: one warning per (key, value), and the hook every time.
+
+    Backends call it for what they cannot even hand to the core (a key that is
+    not UTF-8, a foreign entry in a change log); ``key`` is shown shortened.
+    """
+    shown = key if len(key) <= 200 else key[:200] + "…"
+    if _first_sighting(key, value):
+        (_log.debug if quietly else _log.warning)("skipping %s: %s", ascii(shown)[1:-1], reason)
+    notify("waypost_on_value_skipped", key=shown, reason=reason)
 
 
 _seen_bad: OrderedDict[tuple[str, int], None] = OrderedDict()
@@ -70,7 +79,8 @@ class InstanceView:
     """The WatchSink of the core: keeps the current instances and emits events.
 
     ``deliver`` receives each batch of events, in order, under the view's lock,
-    so batches never interleave.
+    so batches never interleave. An ``Interrupted`` is emitted once per outage
+    and the outage lasts until the next ``reset`` (a re-list) or ``resumed``.
     """
 
     def __init__(self, query: Query, deliver: Callable[[list[Event]], None]) -> None:
@@ -78,43 +88,72 @@ class InstanceView:
         self._deliver = deliver
         self._lock = threading.Lock()
         self._instances: dict[str, Instance] = {}
-        self._interrupted = False
+        self._raw: dict[str, bytes] = {}  # the stored value of each instance: unchanged values are not decoded again
+        self._interruption: str | None = None  # the outage in progress, if any
         self.error: BaseException | None = None
 
     def instances(self) -> list[Instance]:
         with self._lock:
             return sorted(self._instances.values(), key=str)
 
+    def with_state(self, use: Callable[[Mapping[str, Instance], str | None], None]) -> None:
+        """Call ``use(instances by key, outage in progress)`` with no change delivered meanwhile."""
+        with self._lock:
+            use(self._instances, self._interruption)
+
     # WatchSink -----------------------------------------------------------
     def reset(self, items: Iterable[tuple[str, bytes]], reason: str | None) -> None:
-        fresh = decode_items(items, self.query)
+        fresh, raw = self._decode_state(items)
         with self._lock:
             events: list[Event] = [Removed(old) for key, old in sorted(self._instances.items()) if key not in fresh]
             events += [Added(new) for key, new in sorted(fresh.items()) if self._instances.get(key) != new]
-            self._instances = fresh
-            self._interrupted = False
+            self._instances, self._raw = fresh, raw
             notice = None
             if reason is not None:
+                self._interruption = None
                 removed = sum(isinstance(e, Removed) for e in events)
                 notice = Resynced(reason, len(events) - removed, removed)
                 events.append(notice)
-            self._deliver(events)
+            if events:
+                self._deliver(events)
         if notice is not None:
-            _log.info("watch %s resynced (%s): %d added, %d removed", self.query, reason, notice.added,
-                      notice.removed)
-            notify("waypost_on_watch_resynced", query=self.query, reason=notice.reason, added=notice.added,
-                   removed=notice.removed)
+            self._report_resync(notice)
+
+    def _decode_state(self, items: Iterable[tuple[str, bytes]]) -> tuple[dict[str, Instance], dict[str, bytes]]:
+        # Stores that answer with whole states (Consul, a polled directory) repeat mostly unchanged
+        # values: reuse what they decoded to before instead of decoding every value again.
+        with self._lock:
+            known, known_raw = self._instances, self._raw
+        fresh: dict[str, Instance] = {}
+        raw: dict[str, bytes] = {}
+        for key, value in items:
+            old = known.get(key)
+            instance = old if old is not None and known_raw.get(key) == value else decode_or_warn(key, value,
+                                                                                                  self.query)
+            if instance is not None:
+                fresh[key], raw[key] = instance, value
+        return fresh, raw
+
+    def _report_resync(self, notice: Resynced) -> None:
+        _log.info("watch %s resynced (%s): %d added, %d removed", self.query, notice.reason, notice.added,
+                  notice.removed)
+        notify("waypost_on_watch_resynced", query=self.query, reason=notice.reason, added=notice.added,
+               removed=notice.removed)
 
     def put(self, key: str, value: bytes) -> None:
+        with self._lock:
+            if self._raw.get(key) == value:
+                return  # unchanged (a repeated notification)
         instance = decode_or_warn(key, value, self.query)
         with self._lock:
-            self._interrupted = False
             if instance is None:
                 # A foreign value replaced an instance we knew: it is gone as an instance.
+                self._raw.pop(key, None)
                 old = self._instances.pop(key, None)
                 if old is not None:
                     self._deliver([Removed(old)])
                 return
+            self._raw[key] = value
             if self._instances.get(key) == instance:
                 return
             self._instances[key] = instance
@@ -122,19 +161,28 @@ class InstanceView:
 
     def delete(self, key: str) -> None:
         with self._lock:
-            self._interrupted = False
+            self._raw.pop(key, None)
             old = self._instances.pop(key, None)
             if old is not None:
                 self._deliver([Removed(old)])
 
     def interrupted(self, reason: str) -> None:
         with self._lock:
-            if self._interrupted:
+            if self._interruption is not None:
                 return
-            self._interrupted = True
+            self._interruption = reason
             self._deliver([Interrupted(reason)])
         _log.warning("watch %s interrupted: %s", self.query, reason)
         notify("waypost_on_watch_interrupted", query=self.query, reason=reason)
+
+    def resumed(self, reason: str) -> None:
+        with self._lock:
+            if self._interruption is None:
+                return
+            self._interruption = None
+            notice = Resynced(reason)
+            self._deliver([notice])
+        self._report_resync(notice)
 
     def failed(self, error: BaseException) -> None:
         _log.error("watch %s failed: %s", self.query, error)
@@ -144,7 +192,8 @@ class InstanceView:
         notify("waypost_on_watch_failed", query=self.query, error=error)
 
 
-_CLOSED = object()
+#: Default bound of a watch's event queue (Dynamo's channel size).
+MAX_QUEUED = 4096
 
 
 class Watch:
@@ -152,12 +201,26 @@ class Watch:
 
     Iterate it (blocking), or poll with :meth:`get`. A context manager; closing
     it stops its thread and connection and ends iteration.
+
+    The queue of undelivered events is bounded (``max_queued``). A consumer
+    that falls further behind loses the backlog, never the truth: the watch
+    keeps its view current, and the consumer's next :meth:`get` starts the
+    minimal diff from what it had consumed to now, followed by a ``Resynced``
+    notice. ``notify`` (if given) is called from the watch's thread whenever
+    events were queued or the watch ended: the seam the asyncio twin uses.
     """
 
     def __init__(self, query: Query, start: Callable[[InstanceView], WatchHandle],
-                 on_close: Callable[[Watch], None] | None = None) -> None:
+                 on_close: Callable[[Watch], None] | None = None, *,
+                 notify: Callable[[], None] | None = None, max_queued: int = MAX_QUEUED) -> None:
         self.query = query
-        self._queue: queue.SimpleQueue[Event | object] = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._queue: deque[Event] = deque()
+        self._max_queued = max_queued
+        self._lagging = False  # the backlog was dropped: the next get() catches up
+        self._consumed: dict[str, Instance] = {}  # what the events handed out so far add up to
+        self._ended = False
+        self._notify = notify
         self._view = InstanceView(query, self._enqueue)
         self._on_close = on_close
         self._closed = False
@@ -165,44 +228,89 @@ class Watch:
         self._handle = start(self._view)
 
     def _enqueue(self, events: list[Event]) -> None:
-        for event in events:
-            self._queue.put(event)
-        if self._view.error is not None:
-            self._queue.put(_CLOSED)
+        # Called under the view's lock, in order.
+        with self._cond:
+            if not self._lagging:
+                if len(self._queue) + len(events) > self._max_queued:
+                    self._lagging = True
+                    self._queue.clear()
+                else:
+                    self._queue.extend(events)
+            if self._view.error is not None:
+                self._ended = True
+            self._cond.notify_all()
+        if self._notify is not None:
+            self._notify()
 
     @property
     def instances(self) -> list[Instance]:
-        """The watcher's current view, sorted."""
+        """The watcher's current view, sorted (it may be ahead of the events consumed so far)."""
         return self._view.instances()
 
     def get(self, timeout: float | None = None) -> Event | None:
-        """Next event, or ``None`` if none came within ``timeout`` seconds.
+        """Next event, or ``None`` if none came within ``timeout`` seconds (``None``: wait for one).
 
         Raises :class:`Closed` once the watch is closed and drained, or the
         error that ended it.
         """
-        try:
-            item = self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
-        except queue.Empty:
-            return None
-        if item is _CLOSED:
-            self._queue.put(_CLOSED)  # keep later calls ending too
-            if self._view.error is not None:
-                error = self._view.error
-                if isinstance(error, WaypostError):
-                    raise error
-                raise WaypostError(f"watch {self.query} failed: {error}") from error
+        deadline = check_timeout(timeout, "timeout")
+        while True:
+            with self._cond:
+                while not self._queue and not self._lagging:
+                    if self._ended:
+                        self._raise_end()
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return None
+                    self._cond.wait(left)
+                if self._queue:
+                    return self._hand_out(self._queue.popleft())
+            self._catch_up()
+
+    def _hand_out(self, event: Event) -> Event:
+        if isinstance(event, Added):
+            self._consumed[event.instance.key] = event.instance
+        elif isinstance(event, Removed):
+            self._consumed.pop(event.instance.key, None)
+        return event
+
+    def _catch_up(self) -> None:
+        """Queue the minimal diff from what the consumer has to the current view, then ``Resynced``."""
+
+        def diff(current: Mapping[str, Instance], outage: str | None) -> None:
+            with self._cond:
+                if not self._lagging:
+                    return
+                known = self._consumed
+                events: list[Event] = [Removed(old) for key, old in sorted(known.items()) if key not in current]
+                removed = len(events)
+                events += [Added(new) for key, new in sorted(current.items()) if known.get(key) != new]
+                notice = Resynced(f"the consumer fell behind by more than {self._max_queued} events",
+                                  len(events) - removed, removed)
+                self._queue.extend([*events, notice, *([Interrupted(outage)] if outage else [])])
+                self._lagging = False
+            self._view._report_resync(notice)
+
+        self._view.with_state(diff)
+
+    def _raise_end(self) -> None:
+        error = self._view.error
+        if error is None:
             raise Closed(f"watch {self.query} is closed")
-        return item  # type: ignore[return-value]
+        if isinstance(error, WaypostError):
+            raise error
+        raise WaypostError(f"watch {self.query} failed: {error}") from error
 
     def wait_for(self, predicate: Callable[[Event], bool], timeout: float) -> Event | None:
         """Consume events until one satisfies ``predicate``; ``None`` on timeout."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
+        deadline = check_timeout(timeout, "timeout")
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
             event = self.get(timeout=left)
             if event is not None and predicate(event):
                 return event
-        return None
 
     def __iter__(self) -> Iterator[Event]:
         while True:
@@ -221,7 +329,11 @@ class Watch:
         try:
             self._handle.close()
         finally:
-            self._queue.put(_CLOSED)
+            with self._cond:
+                self._ended = True
+                self._cond.notify_all()
+            if self._notify is not None:
+                self._notify()
             if self._on_close is not None:
                 self._on_close(self)
 

@@ -1,17 +1,11 @@
-"""waypost's pluggy hook specifications: the plugin manual.
+"""waypost's pluggy hook specifications: the observer manual.
 
-Two kinds of plugin attach here:
-
-* **Backends** are distributions that declare an entry point in group
-  ``waypost.backends`` whose *name is a URL scheme* and whose value is a module
-  (or object) implementing :func:`waypost_backend` and
-  :func:`waypost_backend_class`. Only the plugin for the scheme in use is
-  imported, so a backend may import its client library at module level.
-* **Observers** (metrics, logging, tracing) implement any of the
-  ``waypost_on_*`` hooks and are registered with :func:`waypost.register_plugin`
-  or through an entry point in group ``waypost.plugins``. Observer hooks are
-  called synchronously from waypost's threads: keep them fast and never raise
-  (exceptions are logged and swallowed).
+Observers (metrics, logging, tracing) implement any of the ``waypost_on_*``
+hooks below and are registered with :func:`waypost.register_plugin` or
+through an entry point in group ``waypost.plugins``. Observer hooks are called
+synchronously from waypost's threads: keep them fast and never raise
+(exceptions are logged and swallowed). With no observer registered, a hook
+costs nothing.
 
 Implement hooks with ``waypost.hookimpl``::
 
@@ -20,12 +14,18 @@ Implement hooks with ``waypost.hookimpl``::
     @waypost.hookimpl
     def waypost_on_lease_lost(runtime, old_instance_id, new_instance_id, reason):
         print("lease lost", reason)
+
+    waypost.register_plugin(__import__(__name__))
+
+Backends are not pluggy plugins: a backend is a :class:`waypost.core.Backend`
+subclass published under its URL schemes in the entry-point group
+``waypost.backends`` (``myscheme = "mypackage.backend:MyBackend"``); see
+``docs/writing-a-backend.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -33,36 +33,10 @@ if TYPE_CHECKING:
     from ._instance import Instance
     from ._query import Query
     from ._runtime import Runtime
-    from ._spi import Backend, ParsedURL
 
 PROJECT = "waypost"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
-
-
-@hookspec(firstresult=True)
-def waypost_backend(url: ParsedURL, options: Mapping[str, Any]) -> Backend | None:
-    """Return a connected backend for ``url`` if this plugin owns ``url.scheme``.
-
-    :param url: the parsed discovery URL (credentials inside; never log it,
-        use ``url.redacted``).
-    :param options: every option the backend class declares, already parsed
-        with the precedence keyword > URL query > environment > default.
-    :return: a :class:`waypost.core.Backend`, or ``None`` for other schemes.
-
-    The first non-``None`` result wins. Raise :class:`waypost.ConfigError` for
-    bad options and :class:`waypost.BackendUnavailable` when the store cannot
-    be reached within the timeout.
-    """
-
-
-@hookspec(firstresult=True)
-def waypost_backend_class(scheme: str) -> type[Backend] | None:
-    """Return the :class:`waypost.core.Backend` subclass serving ``scheme``, or ``None``.
-
-    waypost reads its ``capabilities``, ``options`` and docstring without
-    connecting (``waypost backends``, option validation).
-    """
 
 
 @hookspec

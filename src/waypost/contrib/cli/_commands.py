@@ -16,7 +16,14 @@ import click
 
 import waypost
 from waypost import EndpointId, Query, TransportType, WaypostError
-from waypost.core import RUNTIME_OPTIONS, backend_class, installed_backends, parse_url, resolve_url
+from waypost.core import (
+    RUNTIME_OPTIONS,
+    backend_class,
+    installed_backends,
+    missing_requirements,
+    parse_url,
+    resolve_url,
+)
 
 from . import _format
 
@@ -172,10 +179,10 @@ def backends(as_json: bool) -> None:
     for entry in entries:
         info = describe_backend(entry.scheme)
         if as_json:
-            click.echo(_format.json_line({"scheme": entry.scheme, "module": entry.value,
+            click.echo(_format.json_line({"scheme": entry.scheme, "entry_point": entry.value,
                                           "distribution": entry.distribution, "version": entry.version, **info}))
             continue
-        # One block per plugin module: TLS twins (etcds://, rediss://…) share their plain twin's.
+        # One block per backend class: TLS twins (etcds://, rediss://…) share their plain twin's.
         twins = [e.scheme for e in entries if (e.value, e.distribution) == (entry.value, entry.distribution)]
         if twins[0] != entry.scheme:
             continue
@@ -184,6 +191,8 @@ def backends(as_json: bool) -> None:
         if "error" in info:
             click.echo(f"  cannot load: {info['error']}")
             continue
+        if info["missing"]:
+            click.echo(f"  not installed: needs {', '.join(info['missing'])}: {info['install']}")
         click.echo(f"  capabilities: {', '.join(info['capabilities']) or 'none'}")
         click.echo(f"  min ttl:      {info['min_ttl']:g} s")
         click.echo("  options:" if info["options"] else "  options:      none")
@@ -207,6 +216,9 @@ def describe_backend(scheme: str) -> dict[str, Any]:
     return {
         "capabilities": sorted(c.value for c in cls.capabilities),
         "min_ttl": cls.min_ttl,
+        "extra": cls.extra,
+        "missing": missing_requirements(cls),
+        "install": f"pip install '{cls.distribution}[{cls.extra}]'" if cls.extra else None,
         "options": [{"name": o.name, "default": None if o.secret else o.default, "help": o.help, "env": o.env}
                     for o in cls.options],
     }

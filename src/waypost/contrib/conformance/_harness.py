@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import waypost
-from waypost.core import Capability, backend_class, parse_url
+from waypost.core import Backend, Capability, backend_class, parse_url
 
 __all__ = ["Harness", "ServerControl", "Worker", "wait_until"]
 
@@ -22,7 +22,13 @@ T = TypeVar("T")
 
 
 class ServerControl(Protocol):
-    """Fault hooks on the real server behind a backend (all optional to call)."""
+    """Fault hooks on the real server behind a backend (the suite's seam for server faults).
+
+    ``kill`` is SIGKILL, ``restart`` starts it again (with its data unless the
+    harness says ``restart_loses_data``), ``pause``/``resume`` are
+    SIGSTOP/SIGCONT. Faults of the client side go through
+    :mod:`waypost.core.faults`.
+    """
 
     def kill(self) -> None: ...
     def restart(self) -> None: ...
@@ -42,7 +48,12 @@ class Harness:
     :param server: fault hooks of the real server, if any.
     :param restart_loses_data: whether ``server.restart()`` wipes the store.
     :param unreachable_url: a URL of the same scheme where nothing listens.
-    :param interrupt_bound: seconds within which a watch must report a dead store.
+    :param interrupt_bound: seconds beyond ``max(ttl, 1)`` within which a watch must report a silent or
+        dead store (the backend's documented bound).
+    :param prefixes: two values of the backend's ``prefix`` option that the store lets the suite use
+        (an ACL may limit the keys); default: made up for each test.
+    :param bad_urls: URLs of this backend's scheme that ``connect`` must refuse with a
+        :class:`~waypost.ConfigError`, each mapped to a fragment of the message (what was wrong).
     """
 
     url: str
@@ -52,13 +63,19 @@ class Harness:
     server: ServerControl | None = None
     restart_loses_data: bool = True
     unreachable_url: str | None = None
-    interrupt_bound: float = 10.0
+    interrupt_bound: float = 2.0
+    bad_urls: Mapping[str, str] = field(default_factory=dict)
+    prefixes: tuple[str, str] | None = None
     _runtimes: list[waypost.Runtime] = field(default_factory=list, repr=False)
     _workers: list[Worker] = field(default_factory=list, repr=False)
 
     @property
+    def backend_class(self) -> type[Backend]:
+        return backend_class(parse_url(self.url).scheme)
+
+    @property
     def capabilities(self) -> frozenset[Capability]:
-        return backend_class(parse_url(self.url).scheme).capabilities
+        return self.backend_class.capabilities
 
     def connect(self, **overrides: Any) -> waypost.Runtime:
         """A Runtime on the backend, closed when the test ends."""

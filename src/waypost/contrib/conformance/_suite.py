@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -13,7 +17,7 @@ import pytest
 
 import waypost
 from waypost import Added, Capability, Query, Removed, Resynced, TransportType
-from waypost.core import hookimpl, random_instance_id
+from waypost.core import faults, hookimpl, random_instance_id
 
 from ._harness import Harness, wait_until
 
@@ -210,7 +214,7 @@ class BackendConformance:
         with observer.watch(Query.namespace(ns)) as watch:
             assert len(watch.instances) == 1
             crashed_at = time.monotonic()
-            rt._abandon()
+            faults.crash(rt)
             event = watch.wait_for(lambda e: isinstance(e, Removed), backend.ttl + backend.expiry_bound + GRACE)
             assert event is not None, "a crashed Runtime's registration outlived ttl + expiry_bound"
             # The last keepalive was at most ttl/3 before the crash: expiring sooner than
@@ -222,7 +226,7 @@ class BackendConformance:
         self.require(backend, Capability.SERVER_EXPIRY)
         rt = backend.connect()
         rt.namespace(ns).component("c").endpoint("e").register(_tcp(1))
-        rt._abandon()
+        faults.crash(rt)
         # The fault itself: nobody is connected for ttl + bound, so only the store can expire it.
         time.sleep(backend.ttl + backend.expiry_bound + GRACE)
         observer = backend.connect()
@@ -304,7 +308,7 @@ class BackendConformance:
         observer, rt = backend.connect(), backend.connect()
         rt.namespace(ns).component("c").endpoint("e").register(_tcp(1))
         with observer.watch(Query.namespace(ns)) as watch:
-            rt._pause_keepalive(backend.ttl * 2 + backend.expiry_bound)
+            faults.pause_keepalive(rt, backend.ttl * 2 + backend.expiry_bound)
             assert watch.wait_for(lambda e: isinstance(e, Removed),
                                   backend.ttl * 2 + backend.expiry_bound + GRACE) is not None
             wait_until(lambda: [i.instance_id for i in watch.instances] == [rt.instance_id],
@@ -444,14 +448,16 @@ class BackendConformance:
                 pytest.fail("a cross-host backend must give the suite an unreachable_url")
             pytest.skip("backend declares no 'cross-host' capability: nothing to be unreachable")
         started = time.monotonic()
-        with pytest.raises(waypost.BackendUnavailable):
+        with pytest.raises(waypost.BackendUnavailable) as caught:
             waypost.connect(backend.unreachable_url, **{"ttl": backend.ttl, **backend.options, "timeout": 1.0})
         assert time.monotonic() - started < 10
+        assert caught.value.__cause__ is not None, "the client library's error is not chained as the cause"
 
     def test_server_restart_converges(self, backend: Harness, ns: str) -> None:
         server = self.require_server(backend)
         observer, rt = backend.connect(), backend.connect()
         rt.namespace(ns).component("c").endpoint("e").register(_tcp(1))
+        first_id = rt.instance_id
         with observer.watch(Query.namespace(ns)) as watch:
             server.restart()
             bound = backend.interrupt_bound + backend.ttl * 2
@@ -459,6 +465,8 @@ class BackendConformance:
                        what="registration back after restart")
             wait_until(lambda: [i.instance_id for i in watch.instances] == [rt.instance_id], bound,
                        what="watch converges after restart")
+        if Capability.CHOSEN_INSTANCE_ID in backend.capabilities:
+            assert rt.instance_id == first_id, "the Runtime's instance id changed although the store lets it keep it"
 
     def test_server_paused_past_ttl_converges_without_phantoms(self, backend: Harness, ns: str) -> None:
         server = self.require_server(backend)
@@ -492,6 +500,31 @@ class BackendConformance:
                        what="watch converges after pause")
             assert [i.instance_id for i in watch.instances] == [rt.instance_id]
 
+    def test_silent_server_interrupts_watch_within_the_bound_and_fails_calls(self, backend: Harness,
+                                                                             ns: str) -> None:
+        """A paused server (partition, SIGSTOP) is reported within max(ttl, 1 s) + the bound, calls fail in time."""
+        server = self.require_server(backend)
+        if "timeout" not in {o.name for o in backend.backend_class.options}:
+            pytest.fail("a backend with a server must bound its calls with a `timeout` option")
+        writer, observer = backend.connect(), backend.connect(timeout=1.0)
+        with observer.watch(Query.namespace(ns)) as watch:
+            server.pause()
+            try:
+                paused_at = time.monotonic()
+                bound = max(backend.ttl, 1.0) + backend.interrupt_bound
+                assert watch.wait_for(lambda e: isinstance(e, waypost.Interrupted), bound + GRACE) is not None, (
+                    f"a watch on a silent server stayed silent for {bound + GRACE:.1f} s")
+                assert time.monotonic() - paused_at <= bound + GRACE
+                started = time.monotonic()
+                with pytest.raises(waypost.BackendUnavailable):
+                    observer.list_instances(Query.namespace(ns))
+                assert time.monotonic() - started < 1.0 * 2 + GRACE, "a call outlived its timeout"
+            finally:
+                server.resume()
+            assert watch.wait_for(lambda e: isinstance(e, Resynced), backend.interrupt_bound + backend.ttl * 3)
+            reg = writer.namespace(ns).component("c").endpoint("after").register(_tcp(1))
+            wait_until(lambda: reg.instance in watch.instances, backend.ttl * 2 + GRACE, what="changes after")
+
     def test_dead_server_interrupts_watch_and_recovers(self, backend: Harness, ns: str) -> None:
         server = self.require_server(backend)
         observer, rt = backend.connect(), backend.connect()
@@ -507,6 +540,154 @@ class BackendConformance:
             assert resynced is not None
             wait_until(lambda: [i.instance_id for i in watch.instances] == [rt.instance_id],
                        backend.interrupt_bound + backend.ttl * 2, what="watch converges after restart")
+
+
+    def test_closing_the_backend_closes_its_watches(self, backend: Harness, ns: str) -> None:
+        store = backend.connect().backend
+        baseline = threading.active_count()
+        sink = _Sink()
+        store.watch(f"v1/instances/{ns}/", sink)
+        assert sink.calls[0][0] == "reset"
+        store.close()
+        wait_until(lambda: threading.active_count() <= baseline, 5.0, what="the watch's threads gone")
+        with pytest.raises(waypost.Closed):
+            store.list(f"v1/instances/{ns}/")
+        calls = len(sink.calls)
+        other = backend.connect()
+        with other.watch(Query.namespace(ns)) as live:  # a change the closed watch would have seen
+            reg = other.namespace(ns).component("c").endpoint("e").register(_tcp(1))
+            wait_until(lambda: reg.instance in live.instances, GRACE * 4, what="a live watch sees the change")
+        assert len(sink.calls) == calls, "a closed watch still called its sink"
+
+    def test_closing_a_watch_is_prompt(self, backend: Harness, ns: str) -> None:
+        rt = backend.connect()
+        watch = rt.watch(Query.namespace(ns))
+        started = time.monotonic()
+        watch.close()
+        assert time.monotonic() - started < 1.0, "closing an idle watch waited for the store"
+
+    def test_closing_a_watch_is_prompt_even_on_a_paused_server(self, backend: Harness, ns: str) -> None:
+        server = self.require_server(backend)
+        observer = backend.connect()
+        watch = observer.watch(Query.namespace(ns))
+        server.pause()
+        try:
+            started = time.monotonic()
+            watch.close()
+            assert time.monotonic() - started < max(backend.ttl, 1.0) + 2.0, "closing a watch hung on the server"
+        finally:
+            server.resume()
+
+    # -- options, URLs and installation ------------------------------------------------------
+    def test_prefix_option_isolates_deployments(self, backend: Harness, ns: str) -> None:
+        if "prefix" not in {o.name for o in backend.backend_class.options}:
+            with pytest.raises(waypost.ConfigError, match="prefix"):  # not silently ignored
+                backend.connect(prefix="tenant-a")
+            return
+        tag = uuid.uuid4().hex[:8]
+        first, second = backend.prefixes or (f"{tag}-a", f"{tag}-b")
+        a, also_a, b = (backend.connect(prefix=p) for p in (first, first, second))
+        reg = a.namespace(ns).component("c").endpoint("e").register(_tcp(1))
+        assert also_a.list_instances(Query.namespace(ns)) == [reg.instance]
+        assert b.list_instances(Query.namespace(ns)) == []
+        with b.watch(Query.namespace(ns)) as watch:
+            b_reg = b.namespace(ns).component("c").endpoint("e").register(_tcp(2))  # same key, other deployment
+            wait_until(lambda: watch.instances == [b_reg.instance], GRACE * 4, what="b sees only its own")
+        assert also_a.list_instances(Query.namespace(ns)) == [reg.instance]
+
+    def test_bad_urls_and_options_are_config_errors(self, backend: Harness) -> None:
+        scheme = backend.url.partition("://")[0]
+        cases = {f"{backend.url}{'&' if '?' in backend.url else '?'}no_such_option=1": "no_such_option",
+                 **backend.bad_urls}
+        for url, fragment in cases.items():
+            with pytest.raises(waypost.ConfigError) as caught:
+                waypost.connect(url, ttl=backend.ttl)
+            assert fragment in str(caught.value), f"{url}: {caught.value}"
+        for bad_ttl in (float("nan"), -1, "soon", backend.backend_class.min_ttl / 2):
+            with pytest.raises(waypost.ConfigError, match="ttl"):
+                waypost.connect(backend.url, **{**backend.options, "ttl": bad_ttl})
+        assert scheme in backend.backend_class.schemes
+
+    def test_missing_client_library_names_the_extra(self, backend: Harness) -> None:
+        cls = backend.backend_class
+        assert waypost.core.missing_requirements(cls) == [], "the suite runs where the backend is installed"
+        if not cls.requires:
+            return  # nothing to take away: the backend needs no client library
+        code = (f"import sys\nfor m in {list(cls.requires)!r}: sys.modules[m] = None\n"
+                "import waypost, json\n"
+                "try:\n    waypost.connect(sys.argv[1], **json.loads(sys.argv[2]))\n"
+                "except waypost.BackendNotInstalled as exc:\n    print(exc)\n")
+        options = json.dumps({k: v for k, v in backend.options.items() if isinstance(v, str | int | float)})
+        done = subprocess.run([sys.executable, "-c", code, backend.url, options], capture_output=True, text=True,
+                              timeout=60, check=True)
+        assert f"pip install '{cls.distribution}[{cls.extra}]'" in done.stdout, done.stdout + done.stderr
+
+    # -- the asyncio API, on this backend ---------------------------------------------------------
+    def test_async_api_registers_lists_watches_and_picks(self, backend: Harness, ns: str) -> None:
+        url, options = backend.url, {"ttl": backend.ttl, **backend.options}
+
+        async def main() -> None:
+            async with waypost.aio.connect(url, **options) as rt, waypost.aio.connect(url, **options) as peer:
+                ep = rt.namespace(ns).component("c").endpoint("e")
+                async with rt.watch(Query.namespace(ns)) as events, ep.client() as client:
+                    reg = await ep.register(_tcp(1), metadata={"n": 1})
+                    assert await rt.list_instances(f"{ns}.c") == [reg.instance]
+                    added = await events.wait_for(lambda e: isinstance(e, Added), GRACE * 4)
+                    assert isinstance(added, Added) and added.instance == reg.instance
+                    peer_reg = await peer.namespace(ns).component("c").endpoint("e").register(_tcp(2))
+                    await client.wait_for_instances(timeout=5, count=2)
+                    assert {client.round_robin().instance_id for _ in range(2)} == {rt.instance_id, peer.instance_id}
+                    await peer_reg.unregister()
+                    removed = await events.wait_for(lambda e: isinstance(e, Removed), GRACE * 4)
+                    assert isinstance(removed, Removed) and removed.instance.instance_id == peer.instance_id
+                    await reg.unregister()
+                    assert await ep.list_instances() == []
+
+        asyncio.run(main())
+
+    def test_async_watch_reports_a_dead_server_and_recovers(self, backend: Harness, ns: str) -> None:
+        server = self.require_server(backend)
+        url, options = backend.url, {"ttl": backend.ttl, **backend.options}
+        writer = backend.connect()
+        writer.namespace(ns).component("c").endpoint("e").register(_tcp(1))
+
+        async def main() -> None:
+            async with waypost.aio.connect(url, **options) as rt, rt.watch(Query.namespace(ns)) as events:
+                server.kill()
+                try:
+                    interrupted = await events.wait_for(lambda e: isinstance(e, waypost.Interrupted),
+                                                        backend.interrupt_bound)
+                    assert interrupted is not None, "an asyncio watch on a dead server stayed silent"
+                finally:
+                    server.restart()
+                assert await events.wait_for(lambda e: isinstance(e, Resynced), backend.interrupt_bound * 2)
+
+        asyncio.run(main())
+
+
+class _Sink:
+    """A WatchSink that records every call (for the SPI-level tests)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def reset(self, items: Any, reason: str | None) -> None:
+        self.calls.append(("reset", (list(items), reason)))
+
+    def put(self, key: str, value: bytes) -> None:
+        self.calls.append(("put", key))
+
+    def delete(self, key: str) -> None:
+        self.calls.append(("delete", key))
+
+    def interrupted(self, reason: str) -> None:
+        self.calls.append(("interrupted", reason))
+
+    def resumed(self, reason: str) -> None:
+        self.calls.append(("resumed", reason))
+
+    def failed(self, error: BaseException) -> None:
+        self.calls.append(("failed", error))
 
 
 def _drain(watch: waypost.Watch) -> Iterator[waypost.Event]:
