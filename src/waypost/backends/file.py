@@ -715,6 +715,8 @@ class FileBackend(Backend):
                 raise ConfigError(f"file:// URLs name a local directory, not host {host!r}: "
                                   "write file:///absolute/path (three slashes)")
         path = unquote(url.path)
+        if "\x00" in path:
+            raise ConfigError("file:// URL: the path holds a NUL byte (%00), which no file name can")
         return cls(Path(path) if path else default_root(), stale_after=options.get("stale_after"),
                    poll_interval=options.get("poll_interval"), watcher=options.get("watcher") or "auto")
 

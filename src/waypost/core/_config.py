@@ -36,17 +36,29 @@ __all__ = [
 DEFAULT_URL = "file://"
 
 
+_EXAMPLES = "file:///path, memory://name, etcd://host:port, redis://host:port/0, consul://host:port"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def parse_url(url: str) -> ParsedURL:
-    """Split ``scheme://[user[:password]@]host[:port][,host[:port]…][/path][?query]``."""
-    if not isinstance(url, str) or "://" not in url:
-        raise ConfigError(
-            f"invalid discovery URL {_redact_raw(url)!r}: expected scheme://…, e.g. "
-            "file:///path, memory://name, etcd://host:port, redis://host:port/0, consul://host:port"
-        )
+    """Split ``scheme://[user[:password]@]host[:port][,host[:port]…][/path][?query]``.
+
+    Error messages never quote what may be a secret: the user info, the
+    query, or text where a port should be.
+    """
+    if not isinstance(url, str):
+        raise ConfigError(f"a discovery URL is a string such as {_EXAMPLES}; got {type(url).__name__}")
+    if "://" not in url:
+        raise ConfigError(f"invalid discovery URL {_redact_raw(url)!r}: expected scheme://…, e.g. {_EXAMPLES}")
+    if (bad := _CONTROL.search(url)) is not None:
+        raise ConfigError(f"invalid discovery URL: a control character (code {ord(bad.group()):#04x}) at position "
+                          f"{bad.start()}; percent-encode it")
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower()
+    if not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme):
+        raise ConfigError(f"invalid discovery URL: {scheme[:40]!r} is not a URL scheme; expected e.g. {_EXAMPLES}")
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    if "@" in rest and "@" not in authority:
+    if "@" in rest and "@" not in authority and authority not in ("", "localhost"):
         # A user or password with an unencoded / ? or #: say nothing of what we saw.
         raise ConfigError(
             f"invalid {scheme}:// URL: its user info holds '/', '?' or '#'; "
@@ -71,23 +83,28 @@ def parse_url(url: str) -> ParsedURL:
 
 def _parse_host(text: str, url: str, scheme: str) -> tuple[str, int | None]:
     if text.startswith("["):  # [ipv6]:port
-        host, _, port_text = text[1:].partition("]")
+        host, closed, port_text = text[1:].partition("]")
+        if not closed or (port_text and not port_text.startswith(":")):
+            raise ConfigError(f"invalid IPv6 host in {scheme}:// URL: expected [address] or [address]:port")
         port_text = port_text.removeprefix(":")
     else:
         host, _, port_text = text.partition(":")
     if not port_text:
         return host, None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"invalid port {port_text!r} in {scheme}:// URL: expected 1..65535")
+    # Never quote it: a password given without a host (redis://user:pw) lands here.
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"invalid port in {scheme}:// URL: expected a number from 1 to 65535 after the host "
+                          "(give credentials as user:password@host)")
     return host, int(port_text)
 
 
-def _redact_raw(url: object) -> object:
-    """Hide anything that may be userinfo (before the last ``@``) in a URL we could not parse."""
-    if isinstance(url, str) and "@" in url:
-        scheme, sep, _ = url.partition("://")
-        return f"{scheme}{sep}***@{url.rpartition('@')[2]}" if sep else f"***@{url.rpartition('@')[2]}"
-    return url
+def _redact_raw(url: str) -> str:
+    """A URL we could not parse, shortened, without its query and anything that may be user info."""
+    text = url.split("?", 1)[0]
+    if "@" in text:
+        scheme, sep, _ = text.partition("://")
+        text = f"{scheme}{sep}***@{text.rpartition('@')[2]}" if sep else f"***@{text.rpartition('@')[2]}"
+    return text if len(text) <= 80 else text[:80] + "…"
 
 
 def resolve_url(url: str | None, environ: Mapping[str, str] | None = None) -> str:
@@ -167,8 +184,14 @@ def resolve_options(
         except (TypeError, ValueError) as exc:
             if opt.secret:  # the parser's message may quote the value
                 raise ConfigError(f"invalid {origin} (value hidden): {opt.help or 'see the backend docs'}") from None
-            raise ConfigError(f"invalid {origin}={raw!r}: {exc}") from None
+            raise ConfigError(f"invalid {origin}={_short(raw)}: {exc}") from None
     return result
+
+
+def _short(value: object) -> str:
+    """``repr(value)``, shortened: an error message never carries a huge value."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}…({len(text)} characters)"
 
 
 def _rename_aliases(declared: Iterable[Option], given: Mapping[str, Any], source: str,
@@ -193,8 +216,8 @@ def _rename_aliases(declared: Iterable[Option], given: Mapping[str, Any], source
 def parse_float(minimum: float | None = None, maximum: float | None = None) -> Callable[[Any], float]:
     def parse(value: Any) -> float:
         try:
-            number = float(value)
-        except (TypeError, ValueError):
+            number = math.nan if isinstance(value, bool) else float(value)
+        except (TypeError, ValueError, OverflowError):
             number = math.nan
         if math.isnan(number) or (minimum is not None and number < minimum) or (
             maximum is not None and number > maximum
@@ -207,12 +230,16 @@ def parse_float(minimum: float | None = None, maximum: float | None = None) -> C
 
 def parse_int(minimum: int | None = None, maximum: int | None = None) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
-        if isinstance(value, bool):
+        # Only integers and integer text: 1.5, True or inf are not silently made into one.
+        if isinstance(value, str) and value.strip().isascii():
+            try:
+                number = int(value, 0)
+            except ValueError:
+                raise ValueError("expected an integer") from None
+        elif isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
             raise ValueError("expected an integer")
-        try:
-            number = int(value, 0) if isinstance(value, str) else int(value)
-        except (TypeError, ValueError):
-            raise ValueError("expected an integer") from None
         if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
             raise ValueError(f"expected an integer from {minimum} to {maximum}")
         return number

@@ -83,9 +83,9 @@ class Option:
     aliases: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ParsedURL:
-    """A discovery URL split into parts. ``password`` is never shown in ``repr``."""
+    """A discovery URL split into parts. The password and the query's values are never shown in ``repr``."""
 
     scheme: str
     hosts: tuple[tuple[str, int | None], ...] = ()
@@ -94,6 +94,12 @@ class ParsedURL:
     password: str | None = field(default=None, repr=False)
     query: Mapping[str, str] = field(default_factory=dict)
     raw_netloc: str = field(default="", repr=False)
+
+    def __repr__(self) -> str:
+        # The query may hold secret options (password=, token=): only their names are shown.
+        user = "" if self.username is None else f", username={self.username!r}"
+        return (f"ParsedURL(scheme={self.scheme!r}, hosts={self.hosts!r}, path={self.path!r}{user}, "
+                f"query={sorted(self.query)!r})")
 
     @property
     def redacted(self) -> str:

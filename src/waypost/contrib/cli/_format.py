@@ -9,7 +9,8 @@ from typing import Any
 
 from waypost import Added, Event, Instance, Interrupted, Removed, Resynced
 
-__all__ = ["clock", "event_json", "event_line", "instance_table", "json_line", "short_id", "transport_text"]
+__all__ = ["clock", "event_json", "event_line", "instance_table", "json_line", "printable", "short_id",
+           "transport_text"]
 
 INSTANCE_HEADERS = ("NAMESPACE", "COMPONENT", "ENDPOINT", "INSTANCE", "TRANSPORT", "DEVICE", "METADATA")
 
@@ -25,12 +26,23 @@ def short_id(instance_id: int) -> str:
     return f"{instance_id:x}"
 
 
+def printable(text: str) -> str:
+    """``text`` safe for a terminal line: control and other invisible characters escaped.
+
+    Stored text comes from whoever can write the store: a raw escape sequence
+    could rewrite the terminal, a newline could forge table rows.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def transport_text(instance: Instance) -> str:
-    return f"{instance.transport.kind}:{instance.transport.address}"
+    return printable(f"{instance.transport.kind}:{instance.transport.address}")
 
 
 def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+    return printable(json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True))
 
 
 def instance_row(instance: Instance) -> tuple[str, ...]:
@@ -88,6 +100,6 @@ def event_line(event: Event, now: float | None = None) -> str:
         extra = f"  {_compact(instance.metadata)}" if instance.metadata and isinstance(event, Added) else ""
         return f"{stamp}  {sign} {where}  {short_id(instance.instance_id)}  {transport_text(instance)}{extra}"
     if isinstance(event, Resynced):
-        return f"{stamp}  ~ resynced ({event.reason}): {event.added} added, {event.removed} removed"
+        return f"{stamp}  ~ resynced ({printable(event.reason)}): {event.added} added, {event.removed} removed"
     assert isinstance(event, Interrupted)
-    return f"{stamp}  ! interrupted: {event.reason}"
+    return f"{stamp}  ! interrupted: {printable(event.reason)}"
