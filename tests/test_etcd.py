@@ -301,6 +301,28 @@ def test_store_data_lost_runtime_reregisters_without_phantoms(fresh_etcd: Any, r
     assert [i.endpoint for i in observer.list_instances(Query.namespace(ns))] == ["kept"]
 
 
+def test_with_auth_a_store_that_lost_its_data_is_recovered_from(fresh_etcd: Any, runtimes: Any) -> None:
+    """The old token names a revision the new store has not reached: every call used to time out forever."""
+    enable_auth(fresh_etcd)
+    ttl = 2.0
+    rt = runtimes(fresh_etcd.url, user="root", password=ROOT_PW, ttl=ttl, timeout=1.0)
+    ns = new_ns()
+    for n in range(30):  # move the revision well past what the new store will have
+        rt.namespace(ns).component("c").endpoint(f"e{n}").register(tcp(n)).unregister()
+    rt.namespace(ns).component("c").endpoint("kept").register(tcp(1))
+    old_id = rt.instance_id
+    fresh_etcd.stop()
+    shutil.rmtree(fresh_etcd.data_dir)  # the fault: a new, empty store, provisioned the same way
+    fresh_etcd.start()
+    enable_auth(fresh_etcd)
+    lost_at = time.monotonic()
+    observer = runtimes(fresh_etcd.url, user="root", password=ROOT_PW)
+    wait_until(lambda: [i.endpoint for i in observer.list_instances(Query.namespace(ns))] == ["kept"],
+               ttl * 3 + 5.0, what="the registration back on the new store")
+    assert rt.instance_id != old_id
+    print(f"recovered {time.monotonic() - lost_at:.2f} s after the new store came up")
+
+
 def test_compacted_history_makes_the_watch_relist(etcd: Any, runtimes: Any) -> None:
     rt = runtimes(etcd.url)
     ns = new_ns()
