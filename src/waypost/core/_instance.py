@@ -333,7 +333,7 @@ class Instance(_Record, tag="Endpoint", frozen=True, gc=False, metaclass=_Instan
             record = _ENDPOINT_DECODER.decode(data)
         except _DECODE_ERRORS as exc:
             raise CodecError(_decode_failure(exc)) from None
-        return _checked(record)
+        return _checked(record, data)
 
     @classmethod
     def from_dict(cls, value: object) -> Instance:
@@ -342,7 +342,7 @@ class Instance(_Record, tag="Endpoint", frozen=True, gc=False, metaclass=_Instan
             record = msgspec.convert(value, _ENDPOINT_TYPE)
         except (msgspec.ValidationError, RecursionError) as exc:
             raise CodecError(_decode_failure(exc)) from None
-        instance = _checked(record)
+        instance = _checked(record, None)
         if instance.metadata is not None:  # Python data, unlike decoded JSON, may hold anything: copy it as JSON
             try:
                 metadata = _json_copy(instance.metadata, 1)
@@ -435,8 +435,30 @@ _KNOWN_NAMESPACES: set[str] = set()
 _KNOWN_MAX = 4096
 
 
-def _problem(record: Instance) -> str | None:
-    """What msgspec could not check about a decoded instance, or None if it is valid."""
+def _utf8_ok(value: bytes | bytearray | memoryview | str | None) -> bool:
+    """True unless ``value`` holds bytes that are not UTF-8.
+
+    msgspec checks the UTF-8 of the strings it decodes, not of the fields it
+    skips: an unknown field holding raw ``\xff`` or an encoded surrogate
+    would pass. ``isascii`` (a word-at-a-time C scan) clears almost every
+    value; only the others are decoded to be sure.
+    """
+    if value is None or isinstance(value, str):  # a str cannot hold bad bytes (surrogates fail its encoding)
+        return True
+    data = value if isinstance(value, bytes) else bytes(value)
+    if data.isascii():
+        return True
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _problem(record: Instance, value: bytes | bytearray | memoryview | str | None) -> str | None:
+    """What msgspec could not check about a decoded instance (from ``value``), or None if it is valid."""
+    if not _utf8_ok(value):
+        return "value is not UTF-8"
     if record.instance_id > MAX_INSTANCE_ID:
         return f"instance_id {shorten(record.instance_id)} is above 2**64-1"
     kinds = _kinds_set(record.transport)
@@ -459,10 +481,10 @@ def _problem(record: Instance) -> str | None:
     return None
 
 
-def _checked(record: Instance | _ModelRecord) -> Instance:
+def _checked(record: Instance | _ModelRecord, value: bytes | bytearray | memoryview | str | None) -> Instance:
     if type(record) is not Instance:
         raise CodecError(f"value is a {record.__struct_config__.tag} record, not an Endpoint")
-    problem = _problem(record)
+    problem = _problem(record, value)
     if problem is not None:
         raise CodecError(f"value is not a valid Endpoint record: {problem}")
     return record
@@ -479,9 +501,10 @@ def decode_batch(items: Iterable[tuple[str, bytes]], prefix: str) -> tuple[dict[
     The loop is the hot path of every list and watch: per value, one C call
     decodes and checks it, then Python does only what msgspec cannot: the key
     comparison (one f-string; building it is cheaper than parsing the key),
-    the u64 upper bound, exactly one transport kind, and the names, looked up
-    in sets of names already validated. Anything unusual leaves the fast path
-    for :func:`_problem`, which names the fault.
+    the u64 upper bound, exactly one transport kind, the names (looked up in
+    sets of names already validated), the metadata depth (when there is
+    metadata) and UTF-8 in skipped fields (``bytes.isascii``). Anything
+    unusual leaves the fast path for :func:`_problem`, which names the fault.
     """
     decoded: dict[str, Instance] = {}
     rejected: list[Rejected] = []
@@ -509,12 +532,13 @@ def decode_batch(items: Iterable[tuple[str, bytes]], prefix: str) -> tuple[dict[
             and record.endpoint in known_segments
             and (transport._tcp is unset) + (transport._http is unset) + (transport._nats_tcp is unset) == 2
             and (record.metadata is None or _depth_ok(record.metadata, 1))
+            and (value.isascii() or _utf8_ok(value))
         ):
             if key == f"v1/instances/{record.namespace}/{record.component}/{record.endpoint}/{instance_id:x}":
                 decoded[key] = record
                 continue
         else:
-            problem = _problem(record)
+            problem = _problem(record, value)
             if problem is not None:
                 rejected.append(Rejected(key, value, f"value is not a valid Endpoint record: {problem}", False))
                 continue
