@@ -448,3 +448,14 @@ def test_metadata_within_the_limits_is_copied_as_json() -> None:
 def test_hex_ids_in_keys_are_parsed_strictly(key: str) -> None:
     with pytest.raises(CodecError):
         parse_instance_key(key)
+
+
+def test_replace_goes_through_the_checks() -> None:
+    """copy.replace (Python 3.13) calls __replace__; msgspec's default would skip validation."""
+    instance = Instance("n", "c", "e", 1, TransportType.tcp("x"))
+    assert instance.__replace__(instance_id=2) == Instance("n", "c", "e", 2, TransportType.tcp("x"))
+    assert instance.transport.__replace__(address="y") == TransportType.tcp("y")
+    with pytest.raises(ConfigError):
+        instance.__replace__(instance_id=-1)
+    with pytest.raises(ConfigError):
+        instance.transport.__replace__(address="\x00")

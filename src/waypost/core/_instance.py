@@ -17,16 +17,16 @@ time. :class:`Instance` and :class:`TransportType` are frozen ``msgspec.Struct``
 types, so one C call parses a value *and* checks it against the types below:
 required fields, strings, the ``type`` tag, ``instance_id >= 0`` as a JSON
 integer (never a float or a bool), the enums, the transport's known kinds
-(unknown ones are refused), and metadata's shape and depth. Python code then
+(unknown ones are refused) and metadata being an object. Python code then
 checks only what msgspec cannot express (see :func:`decode_batch`).
 
 Both structs are ``gc=False``: the cyclic garbage collector never tracks them.
 They hold only strings, ints, enums and JSON data, which cannot form a cycle
-back to them. With tracked objects (the former dataclasses), every allocation
-of a big list counts towards a collection, and the older generations that
-collections walk hold all the instances decoded so far: decoding 100 000
-values cost about twice as much per value as decoding 1 000
-(``benchmarks/bench_codec.py`` measures it).
+back to them. Tracked objects (the former dataclasses: two per value) count
+towards collections, and once a list holds enough of them (100 000 values)
+decoding it triggers full collections that walk every object alive, the
+instances decoded so far included: the part of the cost that grew faster
+than the list (``benchmarks/bench_codec.py`` measures it).
 
 Construction from Python (``Instance(...)``) is checked in Python by a
 metaclass ``__call__``: msgspec structs cannot define ``__init__``, and their
@@ -49,8 +49,9 @@ Limits (what is allowed where)
   values null, bool, int, finite float, str, lists and objects; at most
   64 KiB when encoded. Tuples become lists. Reading checks the depth and the
   types but not the size: the store bounds a value's size.
-- values: a stored value that is not UTF-8 (raw invalid bytes or an escaped
-  lone surrogate ``"\\ud800"``), not JSON, or nested deeper than the C
+- values: a stored value that is not UTF-8 (raw invalid bytes anywhere, even
+  in an ignored field, or an escaped lone surrogate ``"\\ud800"``), not
+  JSON, or nested deeper than the C
   decoder's recursion budget (the interpreter's recursion limit, about 1000
   levels, minus the current stack depth) is rejected with :class:`CodecError`.
   Unknown fields are ignored at any depth the decoder can skip.
@@ -63,6 +64,8 @@ its ``type`` tag in C. A kind with its own codec (a later ``ModelCard``) is
 added as another subclass with its own tag and decoder; today ``_ModelRecord``
 stands in for it so that model cards are recognised without a second parse,
 and so that the endpoint decoder, being a tagged union, requires the tag.
+Readers skip such records quietly: :attr:`Rejected.foreign` says which
+rejects they are, :func:`record_type` reads the tag of any stored value.
 """
 
 from __future__ import annotations
@@ -197,6 +200,11 @@ class TransportType(msgspec.Struct, frozen=True, gc=False, omit_defaults=True, f
     def __reduce__(self) -> tuple[Any, ...]:
         return TransportType, (self.kind, self.address)
 
+    def __replace__(self, **changes: Any) -> TransportType:
+        """``copy.replace(transport, address=...)`` (Python 3.13): through the checks."""
+        fields = {"kind": self.kind, "address": self.address, **changes}
+        return TransportType(**fields)
+
 
 def _kinds_set(transport: TransportType) -> int:
     return (transport._tcp is not UNSET) + (transport._http is not UNSET) + (transport._nats_tcp is not UNSET)
@@ -293,6 +301,11 @@ class Instance(_Record, tag="Endpoint", frozen=True, gc=False, metaclass=_Instan
         if not isinstance(other, Instance):
             return NotImplemented
         return not str(self) < str(other)
+
+    def __replace__(self, **changes: Any) -> Instance:
+        """``copy.replace(instance, ...)`` (Python 3.13): through the checks, unlike msgspec's default."""
+        fields = {name: getattr(self, name) for name in self.__struct_fields__}
+        return Instance(**{**fields, **changes})
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Not through Instance(): a decoded instance may hold what only a
