@@ -18,9 +18,9 @@ It compares, per value:
 
 Then the scaling of a list decode at each size, with the garbage collector
 enabled as in production, reporting the time per value (flat = linear) and the
-full (generation 2) collections the decode triggered, with their time. Rounds
-alternate between implementations so that a noisy neighbour hurts them alike;
-the table reports the best round.
+full (generation 2) collections one decode triggered, with their time (ms per
+decode). Rounds alternate between implementations (and sizes) so that a noisy
+neighbour hurts them alike; the table reports the best round.
 """
 
 from __future__ import annotations
@@ -325,29 +325,29 @@ def main() -> None:
     print("\nlist decode scaling (gc enabled; ns/value flat = linear)")
     print(f"{'n':>8}  {'old ns/value':>12} {'full gcs':>8} {'gc ms':>7}   {'new ns/value':>12} {'full gcs':>8} "
           f"{'gc ms':>7}   {'old/new':>7}")
-    for n in (int(size) for size in args.sizes.split(",")):
-        big = make_items(n, seed=n)
-        rounds = max(3, min(args.rounds, 300_000 // n))
-        row = []
-        for decoder in (old_decode_items, decode_batch):
-            watch = GcWatch()
-            best, full, gc_seconds = float("inf"), 0, 0.0
-            for _ in range(rounds):
+    sizes = [int(size) for size in args.sizes.split(",")]
+    lists = {n: make_items(n, seed=n) for n in sizes}
+    decoders = {"old": old_decode_items, "new": decode_batch}
+    best: dict[tuple[int, str], tuple[float, float, float]] = {}
+    for _ in range(args.rounds):  # sizes and decoders alternate round by round, as above
+        for n, big in lists.items():
+            for name, decoder in decoders.items():
+                repeat = max(1, 100_000 // n)  # ~the same work per measurement at every size
+                watch = GcWatch()
                 gc.collect()
-                watch.full, watch.seconds = 0, 0.0
                 gc.callbacks.append(watch)
                 t0 = time.perf_counter()
-                result = decoder(big, prefix)
-                elapsed = time.perf_counter() - t0
+                for _ in range(repeat):
+                    result = decoder(big, prefix)
+                    del result
+                elapsed = (time.perf_counter() - t0) / repeat
                 gc.callbacks.remove(watch)
-                del result
-                if elapsed < best:
-                    best, full, gc_seconds = elapsed, watch.full, watch.seconds
-            row.append((best, full, gc_seconds))
-        (old_s, old_full, old_gc), (new_s, new_full, new_gc) = row
-        print(f"{n:>8}  {per_item(old_s, n):>12} {old_full:>8} {old_gc * 1e3:7.1f}   {per_item(new_s, n):>12} "
-              f"{new_full:>8} {new_gc * 1e3:7.1f}   {old_s / new_s:6.1f}x")
-
+                if elapsed < best.get((n, name), (float("inf"), 0.0, 0.0))[0]:
+                    best[n, name] = (elapsed, watch.full / repeat, watch.seconds / repeat)
+    for n in sizes:
+        (old_s, old_full, old_gc), (new_s, new_full, new_gc) = best[n, "old"], best[n, "new"]
+        print(f"{n:>8}  {per_item(old_s, n):>12} {old_full:8.2f} {old_gc * 1e3:7.1f}   {per_item(new_s, n):>12} "
+              f"{new_full:8.2f} {new_gc * 1e3:7.1f}   {old_s / new_s:6.1f}x")
 
 if __name__ == "__main__":
     main()
