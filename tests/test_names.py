@@ -8,6 +8,8 @@ import pytest
 
 import waypost
 from waypost import EndpointId, InvalidName
+from waypost.core._errors import shorten
+from waypost.core._names import validate_namespace, validate_segment
 
 
 @pytest.mark.parametrize("bad", ["", "A", "has space", "dot.ted", "x" * 64, "ü", "a/b", None, 5])
@@ -67,3 +69,36 @@ def test_endpoint_id_parses_child_namespace() -> None:
 def test_endpoint_id_rejects_bad_text(text: str) -> None:
     with pytest.raises(InvalidName):
         EndpointId.parse(text)
+
+
+@pytest.mark.parametrize("bad", ["abc\n", "\nabc", "a\x00", "\ud800", "a\u200bb", "\uff41", b"abc", ["a"],
+                                 10**5000, 1.5], ids=lambda v: shorten(v, 20))
+def test_names_refuse_hostile_values_with_a_short_message(bad: object) -> None:
+    for check in (lambda: validate_segment("component", bad), lambda: validate_namespace(bad),
+                  lambda: EndpointId("ns", "comp", bad)):  # type: ignore[arg-type]
+        with pytest.raises(InvalidName) as info:
+            check()
+        message = str(info.value)
+        assert len(message) < 300 and message.isprintable() and "[a-z0-9_-]" in message
+
+
+@pytest.mark.parametrize("bad", ["x" * 1_000_000, "a." * 100_000 + "A", "." * 1_000_000])
+def test_huge_names_give_short_messages(bad: str) -> None:
+    with pytest.raises(InvalidName) as info:
+        validate_namespace(bad)
+    assert len(str(info.value)) < 300
+
+
+def test_long_valid_namespaces_are_checked_in_linear_time() -> None:
+    name = "a." * 200_000 + "a"
+    assert validate_namespace(name) == name
+    with pytest.raises(InvalidName):
+        validate_namespace(name + ".")
+
+
+@pytest.mark.parametrize("text", [None, 5, b"ns.comp.ep", ["ns", "comp", "ep"], "x" * 1_000_000, "ns.comp.\ud800"],
+                         ids=lambda v: shorten(v, 20))
+def test_endpoint_id_parse_refuses_hostile_text(text: object) -> None:
+    with pytest.raises(InvalidName) as info:
+        EndpointId.parse(text)  # type: ignore[arg-type]
+    assert len(str(info.value)) < 300 and str(info.value).isprintable()
