@@ -164,7 +164,7 @@ def test_an_oversized_file_is_skipped_with_one_warning(tmp_path: Path, caplog: p
     with caplog.at_level(logging.WARNING, logger="waypost"), waypost.connect(f"file://{root}", ttl=10.0) as rt:
         good = rt.namespace("ns").component("c").endpoint("e").register(waypost.TransportType.tcp("h:1"))
         huge = root / "v1" / "instances" / encode_name("ns/c/huge/1")
-        huge.write_bytes(DYNAMO_VALUE[:-1] + b' ' * (file_backend.MAX_VALUE_BYTES + 1) + b"}")
+        huge.write_bytes(DYNAMO_VALUE[:-1] + b' ' * (waypost.core.MAX_VALUE_BYTES + 1) + b"}")
         assert rt.list_instances() == [good.instance]
         assert rt.list_instances() == [good.instance]
     assert sum("huge" in r.getMessage() and "bytes" in r.getMessage() for r in caplog.records) == 1

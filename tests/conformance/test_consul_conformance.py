@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import consul
 import pytest
@@ -49,10 +50,32 @@ BAD_URLS = {
 }
 
 
+def _raw(server: servers.ConsulServer) -> dict[str, Any]:
+    """Plant and read KV entries (any key bytes) as another Consul client would, with the agent's token."""
+    from urllib.parse import quote_from_bytes
+
+    from servers._process import _http_request
+
+    def path(key: bytes) -> str:
+        return "/v1/kv/" + quote_from_bytes(key, safe="/")
+
+    def put(key: bytes, value: bytes) -> None:
+        status, body = _http_request(server.port, "PUT", path(key), body=value, tls=server.tls,
+                                     headers={"X-Consul-Token": MASTER_TOKEN} if server.acl_token else None)
+        assert status == 200, body
+
+    def get(key: bytes) -> bytes | None:
+        status, body = _http_request(server.port, "GET", path(key) + "?raw", tls=server.tls,
+                                     headers={"X-Consul-Token": MASTER_TOKEN} if server.acl_token else None)
+        return body if status == 200 else None
+
+    return {"raw_put": put, "raw_get": get}
+
+
 def _harness(server: servers.ConsulServer, scheme: str, **options: object) -> Harness:
     return Harness(url=_ready(server).url, options=options, ttl=TTL, expiry_bound=EXPIRY_BOUND, server=server,
                    restart_loses_data=True, unreachable_url=f"{scheme}://127.0.0.1:{servers.free_port()}",
-                   interrupt_bound=INTERRUPT_BOUND, bad_urls=BAD_URLS)
+                   interrupt_bound=INTERRUPT_BOUND, bad_urls=BAD_URLS, **_raw(server))
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,31 @@ def _closed_port_url(scheme: str) -> str:
     return f"{scheme}://127.0.0.1:{servers.free_port()}"
 
 
+def _raw(server: Any) -> dict[str, Any]:
+    """Plant and read keys (any bytes) as another etcd client would, with pyetcd."""
+    import pyetcd
+
+    def client() -> Any:
+        return pyetcd.client(host=servers.HOST, port=server.port, timeout=5)
+
+    def put(key: bytes, value: bytes) -> None:
+        raw = client()
+        try:
+            raw.put(key, value)
+        finally:
+            raw.close()
+
+    def get(key: bytes) -> bytes | None:
+        raw = client()
+        try:
+            value, _ = raw.get(key)
+        finally:
+            raw.close()
+        return None if value is None else bytes(value)
+
+    return {"raw_put": put, "raw_get": get}
+
+
 def _enable_auth(server: Any, tls: Any) -> None:
     base = [servers.find_binary("etcdctl"), f"--endpoints={server.client_url}", f"--cacert={tls.ca}",
             f"--cert={tls.client_cert}", f"--key={tls.client_key}", "--command-timeout=5s"]
@@ -69,7 +94,8 @@ class TestEtcdConformance(BackendConformance):
     def harness(self, plain_etcd: Any) -> Harness:
         server = _ready(plain_etcd)
         return Harness(url=server.url, options={"timeout": TIMEOUT}, ttl=1.0, expiry_bound=1.0, server=server,
-                       restart_loses_data=False, unreachable_url=_closed_port_url("etcd"), bad_urls=BAD_URLS)
+                       restart_loses_data=False, unreachable_url=_closed_port_url("etcd"), bad_urls=BAD_URLS,
+                       **_raw(server))
 
 
 class TestEtcdSecureConformance(BackendConformance):

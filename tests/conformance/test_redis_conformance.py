@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,28 @@ def _ready(server: servers.RedisServer) -> servers.RedisServer:
     if not server.running:
         server.start()
     return server
+
+
+def _raw(server: servers.RedisServer) -> dict[str, Any]:
+    """Plant and read as another writer would: instance keys (any bytes) into the backend's index and
+    values, without an owner (the orphan sweep may take them); anything else as plain Redis keys."""
+    import redis
+
+    def put(key: bytes, value: bytes) -> None:
+        with redis.Redis(host=servers.HOST, port=server.port, password=server.password) as raw:
+            if key.startswith(b"v1/instances/"):
+                raw.zadd("waypost:index", {key: 0})
+                raw.hset("waypost:values", key, value)
+            else:
+                raw.set(key, value)
+
+    def get(key: bytes) -> bytes | None:
+        with redis.Redis(host=servers.HOST, port=server.port, password=server.password) as raw:
+            if key.startswith(b"v1/instances/"):
+                return raw.hget("waypost:values", key)  # type: ignore[return-value]
+            return raw.get(key)  # type: ignore[return-value]
+
+    return {"raw_put": put, "raw_get": get}
 
 
 def _closed_port_url(scheme: str) -> str:
@@ -64,7 +87,8 @@ class TestRedisConformance(BackendConformance):
     def harness(self, plain_redis: servers.RedisServer) -> Harness:
         server = _ready(plain_redis)
         return Harness(url=server.url, ttl=1.0, expiry_bound=1.0, server=server,
-                       restart_loses_data=True, unreachable_url=_closed_port_url("redis"), bad_urls=BAD_URLS)
+                       restart_loses_data=True, unreachable_url=_closed_port_url("redis"), bad_urls=BAD_URLS,
+                       **_raw(server))
 
 
 class TestRedisACLConformance(BackendConformance):

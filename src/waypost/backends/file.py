@@ -90,7 +90,7 @@ Trust and permissions
     link: nothing outside the store is ever read, written, touched or
     deleted, and only regular files inside it are. Files are read
     non-blocking and only when they are regular files of at most
-    ``MAX_VALUE_BYTES`` (a FIFO or device put in the store is skipped with a
+    ``waypost.core.MAX_VALUE_BYTES`` (a FIFO or device put in the store is skipped with a
     warning, never waited on). The directories above the root are resolved
     as usual; see docs/security.md.
 
@@ -150,6 +150,7 @@ from urllib.parse import unquote, unquote_to_bytes
 
 from waypost.core import (
     KEY_ROOT,
+    MAX_VALUE_BYTES,
     AlreadyRegistered,
     Backend,
     BackendUnavailable,
@@ -168,9 +169,10 @@ from waypost.core import (
     parse_choice,
     parse_float,
     random_instance_id,
+    skip_value,
 )
 
-__all__ = ["MAX_VALUE_BYTES", "FileBackend", "decode_name", "default_root", "encode_name"]
+__all__ = ["FileBackend", "decode_name", "default_root", "encode_name"]
 
 _log = logging.getLogger("waypost")
 
@@ -178,8 +180,6 @@ TMP_PREFIX = ".tmp_"
 BUCKET = KEY_ROOT  # the instances bucket, relative to the root
 LEASE_DIR = ".waypost/leases"
 _STORE_DIRS = ("", "v1", BUCKET, ".waypost", LEASE_DIR)
-#: Largest file the backend reads; a bigger one is skipped with a warning.
-MAX_VALUE_BYTES = 4 * 1024 * 1024
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _ENCODED_NAME = re.compile(r"(?:[A-Za-z0-9]|%[0-9A-F]{2})+")
 _DIR_MODE = 0o700
@@ -608,6 +608,11 @@ class _Tree:
                 self._retire(relative)
 
 
+def _skip(key: str, reason: str) -> None:
+    """A file in the bucket that is not read as a value: one warning per key and reason, and the hook."""
+    skip_value(key, reason.encode(), f"file:// store: {reason}")
+
+
 def _close(fd: int | None) -> None:
     if fd is not None:
         with contextlib.suppress(OSError):
@@ -962,16 +967,16 @@ class FileBackend(Backend):
                 if old is not None and old.signature == signature:
                     fresh[key] = old
                     continue
-                value = self._read(bucket, name)
+                value = self._read(bucket, name, key)
                 if value is not None:
                     fresh[key] = _Known(signature, value)
         return fresh
 
-    def _read(self, bucket: _Dir, name: str) -> bytes | None:
+    def _read(self, bucket: _Dir, name: str, key: str) -> bytes | None:
         try:
             return bucket.read(name)
         except _Skipped as why:
-            self._warn_once(name, f"file:// store: skipping {bucket.path}/{name}: {why}")
+            _skip(key, f"{bucket.path}/{name}: {why}")
             return None
 
     def _scan(self, bucket: _Dir, prefix: str) -> _Entries:
@@ -1003,20 +1008,19 @@ class FileBackend(Backend):
         try:
             st = bucket.lstat(name)
         except OSError as exc:
-            self._warn_once(name, f"file:// store: skipping {bucket.path}/{name}: {exc.strerror or exc}")
+            _skip(key, f"{bucket.path}/{name}: {exc.strerror or exc}")
             return None
         if st is None:
             return None
         if not stat.S_ISREG(st.st_mode):
             what = "a symbolic link (never followed)" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-            self._warn_once(name, f"file:// store: ignoring {bucket.path}/{name}: {what}")
+            _skip(key, f"{bucket.path}/{name}: {what}")
             return None
         if st.st_mtime + self.stale_after < now:
             self._reap(bucket, name, key, st)
             return None
         if st.st_uid != os.geteuid():
-            self._warn_once(name, f"file:// store: ignoring {bucket.path}/{name}: owned by {_owner(st.st_uid)}, "
-                                  "not by this user")
+            _skip(key, f"{bucket.path}/{name}: owned by {_owner(st.st_uid)}, not by this user")
             return None
         return key, name, st
 
@@ -1267,7 +1271,7 @@ class _FileWatch(WatchLoop):
         old = self._known.get(key)
         if old is not None and old.signature == signature:
             return old.value
-        value = self._backend._read(bucket, name)
+        value = self._backend._read(bucket, name, key)
         if value is not None:
             self._known[key] = _Known(signature, value)
         return value

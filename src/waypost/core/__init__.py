@@ -30,7 +30,16 @@ from ._errors import (
     WaypostError,
 )
 from ._handles import HandleCache, Operations
-from ._instance import KEY_ROOT, decode_entry, instance_key, parse_instance_key
+from ._instance import (
+    KEY_ROOT,
+    MAX_VALUE_BYTES,
+    Rejected,
+    decode_batch,
+    decode_entry,
+    instance_key,
+    parse_instance_key,
+    record_type,
+)
 from ._kit import (
     Backoff,
     HostPort,
@@ -77,12 +86,14 @@ __all__ = [
     "KEY_ROOT",
     "Lease",
     "LeaseLost",
+    "MAX_VALUE_BYTES",
     "NoInstances",
     "NotFound",
     "Operations",
     "Option",
     "ParsedURL",
     "RUNTIME_OPTIONS",
+    "Rejected",
     "Resync",
     "Silent",
     "TLSFiles",
@@ -93,6 +104,7 @@ __all__ = [
     "WaypostError",
     "backend_class",
     "check_timeout",
+    "decode_batch",
     "decode_entry",
     "faults",
     "hookimpl",
@@ -110,6 +122,7 @@ __all__ = [
     "plugin_manager",
     "prefix_option",
     "random_instance_id",
+    "record_type",
     "register_backend",
     "register_plugin",
     "resolve_options",

@@ -84,6 +84,7 @@ from ._names import EndpointId, namespace_ok, segment_ok, validate_namespace, va
 
 __all__ = [
     "KEY_ROOT",
+    "MAX_VALUE_BYTES",
     "DeviceType",
     "Instance",
     "RequestPlaneCodec",
@@ -101,6 +102,8 @@ MAX_INSTANCE_ID = 2**64 - 1
 MAX_ADDRESS_CHARS = 8192
 MAX_METADATA_DEPTH = 32
 MAX_METADATA_BYTES = 64 * 1024
+#: Largest stored value a reader decodes (any record kind); a bigger one is rejected unread.
+MAX_VALUE_BYTES = 256 * 1024
 TransportKind = Literal["nats_tcp", "http", "tcp"]
 _TRANSPORT_KINDS: tuple[TransportKind, ...] = ("nats_tcp", "http", "tcp")
 _REASON_CHARS = 200  # a rejected value's reason is logged: keep it one short line
@@ -342,6 +345,8 @@ class Instance(_Record, tag="Endpoint", frozen=True, gc=False, metaclass=_Instan
         """Decode a stored value; raise :class:`CodecError` if it is not a valid endpoint instance."""
         if not isinstance(data, bytes | bytearray | memoryview | str):
             raise CodecError(f"value must be bytes or str, got {type(data).__name__}")
+        if len(data) > MAX_VALUE_BYTES:
+            raise CodecError(f"value is {len(data)} bytes, more than the {MAX_VALUE_BYTES} a value may have")
         try:
             record = _ENDPOINT_DECODER.decode(data)
         except _DECODE_ERRORS as exc:
@@ -526,6 +531,10 @@ def decode_batch(items: Iterable[tuple[str, bytes]], prefix: str) -> tuple[dict[
     unset, max_id = UNSET, MAX_INSTANCE_ID
     for key, value in items:
         if not key.startswith(prefix):
+            continue
+        if len(value) > MAX_VALUE_BYTES:
+            rejected.append(Rejected(key, value, f"value is {len(value)} bytes, more than the {MAX_VALUE_BYTES} "
+                                     "a value may have", False))
             continue
         try:
             record = decode(value)

@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from ._config import check_timeout
-from ._errors import Closed, CodecError, WaypostError
+from ._errors import Closed, WaypostError
 from ._events import Added, Event, Interrupted, Removed, Resynced
-from ._instance import Instance, decode_entry
+from ._instance import Instance, decode_batch
 from ._plugins import notify
 from ._query import Query
 
@@ -26,24 +26,15 @@ _log = logging.getLogger("waypost")
 
 def decode_items(items: Iterable[tuple[str, bytes]], query: Query) -> dict[str, Instance]:
     """Decode ``(key, value)`` pairs under ``query``, skipping (with a warning) what does not decode."""
-    decoded: dict[str, Instance] = {}
-    for key, value in items:
-        instance = decode_or_warn(key, value, query)
-        if instance is not None:
-            decoded[key] = instance
+    decoded, rejected = decode_batch(items, query.prefix)
+    for bad in rejected:
+        # Another Dynamo record kind (e.g. a Model) is expected, not worth a warning.
+        skip_value(bad.key, bad.value, bad.reason, quietly=bad.foreign)
     return decoded
 
 
 def decode_or_warn(key: str, value: bytes, query: Query) -> Instance | None:
-    if not query.matches_key(key):
-        return None
-    try:
-        return decode_entry(key, value)
-    except CodecError as exc:
-        # Another Dynamo record type (e.g. a Model) is expected, not worth a warning.
-        foreign = not (b'"type":"Endpoint"' in value or not value.lstrip().startswith(b"{"))
-        skip_value(key, value, str(exc), quietly=foreign)
-        return None
+    return decode_items(((key, value),), query).get(key)
 
 
 def skip_value(key: str, value: bytes, reason: str, *, quietly: bool = False) -> None:
@@ -126,12 +117,15 @@ class InstanceView:
             known, known_raw = self._instances, self._raw
         fresh: dict[str, Instance] = {}
         raw: dict[str, bytes] = {}
+        changed: dict[str, bytes] = {}
         for key, value in items:
             old = known.get(key)
-            instance = old if old is not None and known_raw.get(key) == value else decode_or_warn(key, value,
-                                                                                                  self.query)
-            if instance is not None:
-                fresh[key], raw[key] = instance, value
+            if old is not None and known_raw.get(key) == value:
+                fresh[key], raw[key] = old, value
+            else:
+                changed[key] = value
+        for key, instance in decode_items(changed.items(), self.query).items():
+            fresh[key], raw[key] = instance, changed[key]
         return fresh, raw
 
     def _report_resync(self, notice: Resynced) -> None:

@@ -52,6 +52,10 @@ class Harness:
         dead store (the backend's documented bound).
     :param prefixes: two values of the backend's ``prefix`` option that the store lets the suite use
         (an ACL may limit the keys); default: made up for each test.
+    :param raw_put: writes a raw key (bytes, relative to the backend's root, and maybe not UTF-8) and
+        value to the store, bypassing waypost; ``None`` writes through the backend's ``create``. The
+        hostile-store tests plant what other writers could leave there with it.
+    :param raw_get: reads a raw key back (``None`` if absent); ``None`` reads through ``list``.
     :param bad_urls: URLs of this backend's scheme that ``connect`` must refuse with a
         :class:`~waypost.ConfigError`, each mapped to a fragment of the message (what was wrong).
     """
@@ -66,7 +70,10 @@ class Harness:
     interrupt_bound: float = 2.0
     bad_urls: Mapping[str, str] = field(default_factory=dict)
     prefixes: tuple[str, str] | None = None
+    raw_put: Callable[[bytes, bytes], None] | None = None
+    raw_get: Callable[[bytes], bytes | None] | None = None
     _runtimes: list[waypost.Runtime] = field(default_factory=list, repr=False)
+    _plants: waypost.Runtime | None = field(default=None, repr=False)
     _workers: list[Worker] = field(default_factory=list, repr=False)
 
     @property
@@ -83,6 +90,26 @@ class Harness:
         runtime = waypost.connect(self.url, **options)
         self._runtimes.append(runtime)
         return runtime
+
+    def plant(self, key: bytes, value: bytes) -> None:
+        """Put ``key`` = ``value`` into the store as another writer would (see ``raw_put``)."""
+        if self.raw_put is not None:
+            self.raw_put(key, value)
+            return
+        writer = self._planter()
+        writer.backend.replace(writer.lease, key.decode(), value)
+
+    def peek(self, key: bytes) -> bytes | None:
+        """What the store holds at ``key`` (see ``raw_get``)."""
+        if self.raw_get is not None:
+            return self.raw_get(key)
+        text = key.decode()
+        return dict(self._planter().backend.list(text)).get(text)
+
+    def _planter(self) -> waypost.Runtime:
+        if self._plants is None or self._plants.closed:
+            self._plants = self.connect(ttl=max(self.ttl * 60, 60.0))  # long-lived: plants must not expire
+        return self._plants
 
     def spawn_worker(self, endpoints: list[str]) -> Worker:
         """A Runtime in another process that registers ``endpoints`` (``ns/comp/ep``)."""

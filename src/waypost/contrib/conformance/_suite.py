@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -428,6 +429,84 @@ class BackendConformance:
             later = rt.namespace(ns).component("c").endpoint("later").register(_tcp(3))
             wait_until(lambda: later.instance in watch.instances, GRACE * 4, what="watch survives junk")
 
+    # -- hostile store: what other writers, versions and users may leave --------------------------
+    def test_hostile_values_are_skipped_with_one_warning_each(self, backend: Harness, ns: str,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+        rt = backend.connect()
+        good = rt.namespace(ns).component("c").endpoint("good").register(_tcp(1))
+        skipped = _Skips()
+        waypost.register_plugin(skipped)
+        try:
+            hostile = _hostile_values(ns, rt.instance_id)
+            for key, value in hostile.items():
+                backend.plant(key.encode(), value)
+            with caplog.at_level(logging.DEBUG, logger="waypost"):
+                assert rt.list_instances(Query.namespace(ns)) == [good.instance]
+                assert rt.list_instances(Query.namespace(ns)) == [good.instance]
+                with rt.watch(Query.namespace(ns)) as watch:
+                    assert watch.instances == [good.instance]
+        finally:
+            waypost.unregister_plugin(skipped)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        for key in hostile:
+            expected = 0 if "/foreign" in key else 1  # another record kind is skipped quietly
+            assert sum(key in w for w in warnings) == expected, (key, [w for w in warnings if key in w])
+            assert key in skipped.keys, f"no waypost_on_value_skipped for {key}"
+
+    def test_a_live_watch_keeps_serving_through_hostile_writes(self, backend: Harness, ns: str) -> None:
+        rt = backend.connect()
+        first = rt.namespace(ns).component("c").endpoint("first").register(_tcp(1))
+        with rt.watch(Query.namespace(ns)) as watch, rt.namespace(ns).component("c").endpoint("later").client() as c:
+            for key, value in _hostile_values(ns, rt.instance_id).items():
+                backend.plant(key.encode(), value)
+            later = rt.namespace(ns).component("c").endpoint("later").register(_tcp(2))
+            wait_until(lambda: sorted(watch.instances, key=str) == sorted([first.instance, later.instance], key=str),
+                       GRACE * 6, what="the watch still serves the valid instances")
+            c.wait_for_instances(timeout=GRACE * 6)
+            assert rt.list_instances(Query.namespace(ns)) == sorted([first.instance, later.instance], key=str)
+
+    def test_hostile_keys_are_skipped(self, backend: Harness, ns: str) -> None:
+        rt = backend.connect()
+        good = rt.namespace(ns).component("c").endpoint("good").register(_tcp(1))
+        value = good.instance.to_json()
+        hex_id = f"{rt.instance_id:x}"
+        keys = [f"v1/instances/{ns}/c/good/{hex_id.upper()}X", f"v1/instances/{ns}/c/good/0{hex_id}",
+                f"v1/instances/{ns}/c/good/{hex_id}/extra", f"v1/instances/{ns}/c/good/", f"v1/instances/{ns}/c/good",
+                f"v1/instances/{ns}/c/good/{'f' * 40}", f"v1/instances/{ns}/C/good/{hex_id}"]
+        raw_keys = [k.encode() for k in keys]
+        if backend.raw_put is not None:  # keys only another writer can make: not UTF-8
+            raw_keys += [f"v1/instances/{ns}/c/\xff".encode("latin-1") + f"/{hex_id}".encode(),
+                         f"v1/instances/{ns}/".encode() + b"\xc3\x28/c/e/1"]
+        for key in raw_keys:
+            backend.plant(key, value)
+        assert rt.list_instances(Query.namespace(ns)) == [good.instance]
+        with rt.watch(Query.namespace(ns)) as watch:
+            assert watch.instances == [good.instance]
+            later = rt.namespace(ns).component("c").endpoint("later").register(_tcp(2))
+            wait_until(lambda: later.instance in watch.instances, GRACE * 4, what="the watch still works")
+
+    def test_nothing_outside_the_instances_prefix_is_touched(self, backend: Harness, ns: str) -> None:
+        rt = backend.connect()
+        stale = waypost.Instance(ns, "c", "e", random_instance_id(), _tcp(9)).to_json()
+        outside = {f"v1/instancesX/{ns}/c/e/1".encode(): stale, f"v1/mdc/{ns}/c/e/1".encode(): stale,
+                   f"v1/instances-{ns}/c/e/1".encode(): stale, f"{ns}/v1/instances/{ns}/c/e/1".encode(): stale}
+        for key, value in outside.items():
+            backend.plant(key, value)
+        reg = rt.namespace(ns).component("c").endpoint("e").register(_tcp(1))
+        with rt.watch(Query.all()):
+            assert reg.instance in rt.list_instances()
+            reg.unregister()
+        crashed = backend.connect()
+        crashed.namespace(ns).component("c").endpoint("gone").register(_tcp(2))
+        faults.crash(crashed)
+        observer = backend.connect()
+        wait_until(lambda: observer.list_instances(Query.namespace(ns)) == [],
+                   backend.ttl + backend.expiry_bound + GRACE * 4, what="the crashed Runtime expired")
+        observer.backend.revoke_lease(crashed.instance_id)
+        rt.close()
+        for key, value in outside.items():
+            assert backend.peek(key) == value, f"{key!r} outside the instances prefix was changed"
+
     def test_bad_input_is_a_clear_error_and_stores_nothing(self, backend: Harness, ns: str) -> None:
         rt = backend.connect()
         comp = rt.namespace(ns).component("c")
@@ -663,6 +742,53 @@ class BackendConformance:
                 assert await events.wait_for(lambda e: isinstance(e, Resynced), backend.interrupt_bound * 2)
 
         asyncio.run(main())
+
+
+def _hostile_values(ns: str, instance_id: int) -> dict[str, bytes]:
+    """Values other writers could leave under ``ns``: each key names an endpoint its value breaks."""
+    hex_id = f"{instance_id:x}"
+    deep = b'{"a":' * 1000 + b"1" + b"}" * 1000
+
+    def value(endpoint: str, **fields: object) -> dict[str, object]:
+        return {"type": "Endpoint", "component": "c", "endpoint": endpoint, "namespace": ns,
+                "instance_id": instance_id, "transport": {"tcp": "h:1"}, **fields}
+
+    def encoded(endpoint: str, **fields: object) -> bytes:
+        return json.dumps(value(endpoint, **fields), separators=(",", ":")).encode()
+
+    def with_raw(endpoint: str, field: str, raw: bytes) -> bytes:
+        return encoded(endpoint)[:-1] + b',"' + field.encode() + b'":' + raw + b"}"
+
+    hostile = {
+        "deep": with_raw("deep", "metadata", deep),
+        "deepunknown": with_raw("deepunknown", "future", deep),
+        "surrogate": encoded("surrogate").replace(b'"h:1"', b'"h\\ud800"'),
+        "surrogatemeta": with_raw("surrogatemeta", "metadata", b'{"k":"\\udc00"}'),
+        "notutf8": encoded("notutf8").replace(b'"h:1"', b'"h\xff\xfe"'),
+        "notutf8unknown": with_raw("notutf8unknown", "future", b'"\xc3\x28"'),
+        "wrongtypes": encoded("wrongtypes", instance_id=str(instance_id), transport=["tcp", "h:1"]),
+        "wrongenum": encoded("wrongenum", device_type=1, request_plane_codec="zip"),
+        "mismatch": encoded("other"),
+        "badid": encoded("badid", instance_id=instance_id + 1),
+        "hugeid": encoded("hugeid").replace(str(instance_id).encode(), b"1" * 30),
+        "huge": encoded("huge", metadata={"blob": "x" * 300_000}),
+        "null": b"null", "array": b"[1,2]", "number": b"42", "empty": b"", "truncated": encoded("truncated")[:-9],
+        "badname": encoded("badname", namespace=ns + "\n"),
+        "foreign": json.dumps({"type": "Model", "namespace": ns, "component": "c", "endpoint": "foreign",
+                               "instance_id": instance_id, "card_json": {}}).encode(),
+    }
+    return {f"v1/instances/{ns}/c/{name}/{hex_id}": data for name, data in hostile.items()}
+
+
+class _Skips:
+    """Observer plugin recording waypost_on_value_skipped."""
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+
+    @hookimpl
+    def waypost_on_value_skipped(self, key: str, reason: str) -> None:
+        self.keys.add(key)
 
 
 class _Sink:
