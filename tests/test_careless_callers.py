@@ -160,11 +160,17 @@ def test_the_cli_answers_bad_arguments_with_one_line(args: list[str]) -> None:
 
 
 def test_the_cli_escapes_stored_text_and_keeps_json_exact(tmp_path: Path) -> None:
+    """What another writer stored (waypost refuses to write it) reaches the terminal escaped."""
+    from waypost.backends.file import encode_name
+
     url = f"file://{tmp_path}/store"
     hostile = "h:1\x1b[2J\x1b]0;pwned\x07\nFAKE  ROW  0000"
     with waypost.connect(url, ttl=10) as rt:
-        rt.namespace("ns").component("c").endpoint("e").register(TransportType.tcp(hostile),
-                                                                metadata={"note": "\x1b[31mred\u202e"})
+        value = {"type": "Endpoint", "component": "c", "endpoint": "e", "namespace": "ns", "instance_id": 1,
+                 "transport": {"tcp": hostile}, "metadata": {"note": "\x1b[31mred\u202e"}}
+        bucket = tmp_path / "store" / "v1" / "instances"
+        (bucket / encode_name("ns/c/e/1")).write_bytes(json.dumps(value).encode())
+        assert len(rt.list_instances()) == 1
         table = cli("list", "--url", url)
         assert table.returncode == 0, table.stderr
         assert "\x1b" not in table.stdout and "\u202e" not in table.stdout and "\x07" not in table.stdout

@@ -464,3 +464,27 @@ def test_an_error_reply_interrupts_a_watch_which_then_recovers(
         raw.close()
 
 
+
+
+@pytest.mark.parametrize("fields", [
+    {b"s": b"not-a-number", b"e": b"x", b"o": b"put", b"k": b"v1/instances/x/c/e/1", b"v": b"{}"},
+    {b"junk": b"\xff\xfe"},
+    {b"s": b"999999", b"e": b"\xff", b"o": b"put", b"k": b"\xc3\x28", b"v": b""},
+])
+def test_a_foreign_entry_in_the_change_log_makes_the_watch_relist_not_stall(
+        redis_server: servers.RedisServer, runtimes: Callable[..., waypost.Runtime], ns: str,
+        fields: dict[bytes, bytes]) -> None:
+    rt = runtimes(redis_server.url, ttl=10)
+    before = rt.namespace(ns).component("c").endpoint("before").register(_tcp(1))
+    raw = _raw(redis_server)
+    try:
+        with rt.watch(Query.namespace(ns)) as watch:
+            events = _Events(watch)
+            raw.xadd("waypost:log", fields)  # what a foreign writer (or a corruption) leaves in the log
+            resynced = events.wait_for(Resynced, 5.0)
+            assert "foreign entry" in resynced.reason or "gap" in resynced.reason
+            after = rt.namespace(ns).component("c").endpoint("after").register(_tcp(2))
+            wait_until(lambda: watch.instances == sorted([before.instance, after.instance], key=str), 5.0,
+                       what="the watch carries on after the foreign entry")
+    finally:
+        raw.close()

@@ -575,6 +575,12 @@ def _mismatch(key: str, instance: Instance) -> str:
     return f"key {shorten(key)} does not match its value's instance {shorten(instance.key)}"
 
 
+# What a writer may not put in a transport address or a metadata key (C0, DEL and C1 controls), and in
+# metadata text (the same, but tabs and line breaks). Readers keep what other writers stored.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_TEXT_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 def _check_address(address: object) -> None:
     if not isinstance(address, str):
         raise ConfigError(f"invalid transport address {shorten(address)}: must be a str, "
@@ -582,8 +588,9 @@ def _check_address(address: object) -> None:
     if len(address) > MAX_ADDRESS_CHARS:
         raise ConfigError(f"invalid transport address {shorten(address)}: {len(address)} characters, "
                           f"more than the {MAX_ADDRESS_CHARS} allowed")
-    if "\x00" in address:
-        raise ConfigError(f"invalid transport address {shorten(address)}: must not contain NUL")
+    if (bad := _CONTROL.search(address)) is not None:
+        raise ConfigError(f"invalid transport address {shorten(address)}: must not contain control characters "
+                          f"(found {bad.group()!r})")
     try:
         address.encode()
     except UnicodeEncodeError:
@@ -621,7 +628,11 @@ def _json_copy(value: object, level: int) -> Any:
     Recursive, but never deeper than MAX_METADATA_DEPTH frames: deeper
     containers, cycles included, are refused before descending.
     """
-    if value is None or isinstance(value, str | int):  # bool is an int
+    if isinstance(value, str):
+        if (bad := _TEXT_CONTROL.search(value)) is not None:
+            raise _NotJson(f"text {shorten(value, 40)} contains the control character {bad.group()!r}")
+        return value
+    if value is None or isinstance(value, int):  # bool is an int
         return value
     if isinstance(value, float):
         if not math.isfinite(value):  # JSON has no inf or nan (msgspec would write null)
@@ -634,6 +645,8 @@ def _json_copy(value: object, level: int) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise _NotJson(f"key {shorten(key, 40)} is a {type(key).__name__}, not a str")
+            if _CONTROL.search(key) is not None:
+                raise _NotJson(f"key {shorten(key, 40)} contains a control character")
             copy[key] = _json_copy(item, level + 1)
         return copy
     if isinstance(value, list | tuple):
