@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -277,3 +279,72 @@ def test_binary_values_round_trip_unchanged(consul_server: servers.ConsulServer,
     assert status == 200
     assert base64.b64decode(json.loads(body)[0]["Value"]) == value
     assert rt.backend.list(f"v1/instances/{ns}/") == [(key, value)]
+
+
+# -- scale ------------------------------------------------------------------------------------------
+
+def _connections_to(port: int) -> int:
+    """Established TCP connections from this process's host to 127.0.0.1:port (/proc/net/tcp)."""
+    count = 0
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            remote, state = fields[2], fields[3]
+            if state == "01" and int(remote.split(":")[1], 16) == port:
+                count += 1
+    return count
+
+
+@pytest.mark.slow
+def test_a_thousand_runtimes_in_one_process_on_a_default_agent(server_factory: Any, ns: str) -> None:
+    """A default agent allows 200 connections per client address: Runtime #201 used to fail."""
+    server = server_factory("consul", session_ttl_min="1s")  # the agent's connection limits left at default
+    made: list[waypost.Runtime] = []
+    lost = _LeaseLosses()
+    waypost.register_plugin(lost)
+    try:
+        for _ in range(1000):
+            made.append(waypost.connect(server.url, ttl=10.0))
+        for n, rt in enumerate(made[:50]):
+            rt.namespace(ns).component("c").endpoint(f"e{n}").register(TransportType.tcp(f"h:{n}"))
+        watches = [rt.watch(Query.namespace(ns)) for rt in made[:100]]  # 100 watches of one prefix
+        wait_until(lambda: all(len(w.instances) == 50 for w in watches), 20.0, what="every watch sees all 50")
+        assert _connections_to(server.port) <= 16 + 1, "more connections than the pool and one shared query"
+        keepalive = made[0].keepalive_interval
+        renewed_at = time.monotonic()
+        wait_until(lambda: time.monotonic() - renewed_at > keepalive * 1.5, keepalive * 3, interval=0.2,
+                   what="every Runtime renewed once")
+        assert lost.calls == [], f"{len(lost.calls)} lease losses"
+        for watch in watches:
+            watch.close()
+    finally:
+        waypost.unregister_plugin(lost)
+        for rt in made:
+            rt.close()
+    assert _connections_to(server.port) <= 16
+
+
+class _LeaseLosses:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    @waypost.hookimpl
+    def waypost_on_lease_lost(self, runtime: Any, old_instance_id: int, new_instance_id: int | None,
+                              reason: str) -> None:
+        self.calls.append(old_instance_id)
+
+
+def test_watches_of_one_prefix_share_one_blocking_query(consul_server: servers.ConsulServer,
+                                                        runtimes: list[waypost.Runtime], ns: str) -> None:
+    a, b = _connect(runtimes, consul_server.url), _connect(runtimes, consul_server.url)
+    watches = [rt.watch(Query.namespace(ns)) for rt in (a, b) for _ in range(5)]
+    feeds = [t for t in threading.enumerate() if t.name == "waypost-consul-watch"]
+    assert len(feeds) == 1, f"{len(feeds)} blocking-query threads for 10 watches of one prefix"
+    other = a.watch(Query.namespace(f"{ns}-other"))
+    assert len([t for t in threading.enumerate() if t.name == "waypost-consul-watch"]) == 2
+    reg = b.namespace(ns).component("c").endpoint("e").register(TransportType.tcp("h:1"))
+    wait_until(lambda: all(w.instances == [reg.instance] for w in watches), 5.0, what="every watch sees it")
+    for watch in (*watches, other):
+        watch.close()
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name.startswith("waypost-consul-watch")],
+               5.0, what="the feed and the watches' threads gone")

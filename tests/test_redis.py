@@ -25,7 +25,7 @@ import waypost
 from waypost import Added, Interrupted, Query, Removed, Resynced, TransportType
 from waypost.backends.redis import RedisBackend
 from waypost.contrib.conformance._harness import wait_until
-from waypost.core import Lease, parse_url
+from waypost.core import Lease, faults, parse_url
 from waypost.core._watch import InstanceView
 
 TTL = 1.0
@@ -488,3 +488,27 @@ def test_a_foreign_entry_in_the_change_log_makes_the_watch_relist_not_stall(
                        what="the watch carries on after the foreign entry")
     finally:
         raw.close()
+
+
+def test_lease_records_deleted_from_outside_leave_no_phantoms(
+        redis_server: servers.RedisServer, runtimes: Callable[..., waypost.Runtime], ns: str) -> None:
+    """What an operator "revoking leases" by hand (or an eviction) does: the orphans are swept, the live
+    Runtime re-registers, and its graceful close still removes everything it wrote."""
+    live = runtimes(redis_server.url, ttl=2)
+    crashed = runtimes(redis_server.url, ttl=2)
+    observer = runtimes(redis_server.url, ttl=2)
+    for n in range(5):
+        live.namespace(ns).component("c").endpoint(f"live{n}").register(_tcp(n))
+        crashed.namespace(ns).component("c").endpoint(f"crashed{n}").register(_tcp(n))
+    faults.crash(crashed)
+    raw = _raw(redis_server)
+    try:
+        raw.delete("waypost:leases", "waypost:grants", *raw.keys("waypost:lease:*"))
+    finally:
+        raw.close()
+    with observer.watch(Query.namespace(ns)) as watch:
+        wait_until(lambda: sorted(i.endpoint for i in watch.instances) == [f"live{n}" for n in range(5)], 10.0,
+                   what="the crashed Runtime's instances swept, the live one's back")
+    assert sorted(i.endpoint for i in observer.list_instances(Query.namespace(ns))) == [f"live{n}" for n in range(5)]
+    live.close()
+    assert observer.list_instances(Query.namespace(ns)) == [], "a graceful close left instances behind"
