@@ -39,10 +39,11 @@ from .core._query import Query
 from .core._runtime import Registration, Runtime, connect
 from .core._spi import Capability
 from .core._watch import Watch
-from .core.hookspecs import hookimpl
 
 if _typing.TYPE_CHECKING:
     from waypost import aio
+
+    from .core.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
@@ -89,8 +90,13 @@ __all__ = [
 
 def __getattr__(name: str) -> _typing.Any:
     # The asyncio facade is imported on first use so `import waypost` stays light.
+    # Imported on first use, so that `import waypost` stays light: the asyncio facade, and pluggy.
     if name == "aio":
         import importlib
 
         return importlib.import_module("waypost.aio")
+    if name == "hookimpl":
+        from .core.hookspecs import hookimpl
+
+        return hookimpl
     raise AttributeError(f"module 'waypost' has no attribute {name!r}")

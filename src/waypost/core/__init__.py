@@ -3,6 +3,9 @@ the backend SPI, the backend kit and the Runtime. It imports nothing from
 ``backends`` or ``contrib``. Backend authors import the SPI and the kit from
 here (see ``docs/writing-a-backend.md``)."""
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from . import faults
 from ._config import (
     check_timeout,
@@ -40,19 +43,6 @@ from ._instance import (
     parse_instance_key,
     record_type,
 )
-from ._kit import (
-    Backoff,
-    HostPort,
-    Resync,
-    Silent,
-    TLSFiles,
-    WatchLoop,
-    WatchRegistry,
-    hosts,
-    prefix_option,
-    tls_files,
-    tls_options,
-)
 from ._plugins import (
     BackendEntry,
     backend_class,
@@ -66,7 +56,34 @@ from ._plugins import (
 from ._runtime import RUNTIME_OPTIONS, random_instance_id
 from ._spi import Backend, Capability, Lease, Option, ParsedURL, WatchHandle, WatchSink
 from ._watch import skip_value
-from .hookspecs import hookimpl
+
+if TYPE_CHECKING:  # imported on first use (PEP 562): `import waypost` needs neither the kit nor pluggy
+    from ._kit import (
+        Backoff,
+        HostPort,
+        Resync,
+        Silent,
+        TLSFiles,
+        WatchLoop,
+        WatchRegistry,
+        hosts,
+        prefix_option,
+        tls_files,
+        tls_options,
+    )
+    from .hookspecs import hookimpl
+
+_LAZY = dict.fromkeys(("Backoff", "HostPort", "Resync", "Silent", "TLSFiles", "WatchLoop", "WatchRegistry", "hosts",
+                       "prefix_option", "tls_files", "tls_options"), "._kit")
+_LAZY["hookimpl"] = ".hookspecs"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'waypost.core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "AlreadyRegistered",

@@ -16,7 +16,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote
 
 from ._errors import ConfigError
 from ._spi import Option, ParsedURL
@@ -46,6 +45,8 @@ def parse_url(url: str) -> ParsedURL:
     Error messages never quote what may be a secret: the user info, the
     query, or text where a port should be.
     """
+    from urllib.parse import parse_qsl, unquote  # at connect, not at `import waypost`
+
     if not isinstance(url, str):
         raise ConfigError(f"a discovery URL is a string such as {_EXAMPLES}; got {type(url).__name__}")
     if "://" not in url:
@@ -128,6 +129,8 @@ def resolve_url(url: str | None, environ: Mapping[str, str] | None = None) -> st
 
 def _file_url(path: str | None) -> str:
     """``DYN_FILE_KV`` is a plain path (maybe relative, maybe with ``%``): quote it into a URL."""
+    from urllib.parse import quote
+
     return "file://" + quote(os.path.abspath(path)) if path else DEFAULT_URL
 
 

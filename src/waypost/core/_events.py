@@ -10,29 +10,26 @@ once, so a stalled watch is never silent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from ._instance import Instance
 
 __all__ = ["Added", "Event", "Interrupted", "Removed", "Resynced"]
 
 
-@dataclass(frozen=True, slots=True)
-class Added:
+class Added(msgspec.Struct, frozen=True, gc=False):
     """An instance appeared, or its value changed."""
 
     instance: Instance
 
 
-@dataclass(frozen=True, slots=True)
-class Removed:
+class Removed(msgspec.Struct, frozen=True, gc=False):
     """An instance is gone (unregistered, closed, expired or reaped)."""
 
     instance: Instance
 
 
-@dataclass(frozen=True, slots=True)
-class Resynced:
+class Resynced(msgspec.Struct, frozen=True, gc=False):
     """The watch re-listed after lost history or a reconnect.
 
     The ``Added``/``Removed`` events that bring the watcher's view up to date
@@ -44,8 +41,7 @@ class Resynced:
     removed: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Interrupted:
+class Interrupted(msgspec.Struct, frozen=True, gc=False):
     """The store stopped answering; the watch keeps retrying and resyncs later."""
 
     reason: str

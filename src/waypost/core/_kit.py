@@ -27,8 +27,9 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
+
+import msgspec
 
 from ._config import parse_str
 from ._errors import BackendUnavailable, Closed, ConfigError, WaypostError
@@ -325,8 +326,7 @@ class WatchRegistry(Generic[_W]):
 
 # Options every network backend shares -----------------------------------------------------
 
-@dataclass(frozen=True)
-class TLSFiles:
+class TLSFiles(msgspec.Struct, frozen=True, gc=False):
     """PEM files: the CA that verifies the server (``None``: the system's roots) and a client certificate."""
 
     ca_cert: str | None = None
@@ -408,8 +408,7 @@ def prefix_option(default: str = "", *, separator: str = "/", allow_empty: bool 
                   "other only with the same prefix", aliases=("root",))
 
 
-@dataclass(frozen=True, slots=True)
-class HostPort:
+class HostPort(msgspec.Struct, frozen=True, gc=False):
     host: str
     port: int
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+
+import msgspec
 
 from ._errors import InvalidName, shorten
 
@@ -87,8 +88,7 @@ def service_name(namespace: str, component: str) -> str:
     return slug.lstrip("_")
 
 
-@dataclass(frozen=True, order=True)
-class EndpointId:
+class EndpointId(msgspec.Struct, frozen=True, order=True, gc=False):
     """The address of an endpoint: ``namespace/component/name``.
 
     ``str()`` gives ``ns/comp/name``; :attr:`url` gives ``dyn://ns.comp.name``.

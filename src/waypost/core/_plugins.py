@@ -11,11 +11,11 @@ Observers: pluggy, project ``waypost``, hookspecs in :mod:`waypost.core.hookspec
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from ._errors import BackendNotInstalled
 
@@ -96,8 +96,7 @@ def notify(hook_name: str, **kwargs: Any) -> None:
 
 # Backends ---------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class BackendEntry:
+class BackendEntry(msgspec.Struct, frozen=True, gc=False):
     """An installed backend as its entry point declares it."""
 
     scheme: str
@@ -172,6 +171,8 @@ def _load_class(scheme: str) -> type[Backend]:
 
 def missing_requirements(cls: type[Backend]) -> list[str]:
     """The modules ``cls.requires`` that cannot be imported here."""
+    import importlib.util
+
     missing = []
     for module in cls.requires:
         try:

@@ -9,7 +9,7 @@ with the asyncio twin.
 from __future__ import annotations
 
 import logging
-import secrets
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -450,7 +450,7 @@ class Runtime:
 def random_instance_id() -> int:
     """A random non-zero u64, for backends whose store does not assign lease ids."""
     while True:
-        value = secrets.randbits(64)
+        value = int.from_bytes(os.urandom(8))
         if value:
             return value
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
+
+import msgspec
 
 __all__ = [
     "Backend",
@@ -55,16 +56,14 @@ class Capability(enum.StrEnum):
     WATCH_HISTORY = "watch-history"
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
+class Lease(msgspec.Struct, frozen=True, gc=False):
     """A Runtime's lease. ``id`` is also its instance id (a non-zero u64)."""
 
     id: int
     ttl: float
 
 
-@dataclass(frozen=True, slots=True)
-class Option:
+class Option(msgspec.Struct, frozen=True):
     """A backend (or Runtime) option accepted in the URL query or as a keyword.
 
     ``parse`` turns a URL query string (or a keyword value) into the option's
@@ -83,17 +82,16 @@ class Option:
     aliases: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, repr=False)
-class ParsedURL:
+class ParsedURL(msgspec.Struct, frozen=True):
     """A discovery URL split into parts. The password and the query's values are never shown in ``repr``."""
 
     scheme: str
     hosts: tuple[tuple[str, int | None], ...] = ()
     path: str = ""
     username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    query: Mapping[str, str] = field(default_factory=dict)
-    raw_netloc: str = field(default="", repr=False)
+    password: str | None = None
+    query: Mapping[str, str] = msgspec.field(default_factory=dict)
+    raw_netloc: str = ""
 
     def __repr__(self) -> str:
         # The query may hold secret options (password=, token=): only their names are shown.
