@@ -431,8 +431,8 @@ def test_cancelled_open_closes_the_half_opened_watch(url: str, monkeypatch: pyte
             entered = threading.Event()
             real_start = rt.sync._start_watch
 
-            def slow_start(query: waypost.Query) -> Any:
-                start = real_start(query)
+            def slow_start(query: waypost.Query, *args: Any) -> Any:
+                start = real_start(query, *args)
 
                 def gated(view: Any) -> Any:
                     entered.set()

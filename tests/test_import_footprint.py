@@ -14,7 +14,8 @@ import sys
 WAYPOST_MODULES = {
     "waypost", "waypost.core", "waypost.core._client", "waypost.core._config", "waypost.core._errors",
     "waypost.core._events", "waypost.core._handles", "waypost.core._instance", "waypost.core._names",
-    "waypost.core._plugins", "waypost.core._query", "waypost.core._runtime", "waypost.core._spi",
+    "waypost.core._plugins", "waypost.core._query", "waypost.core._records", "waypost.core._runtime",
+    "waypost.core._spi",
     "waypost.core._watch", "waypost.core.faults",
 }
 THIRD_PARTY = {"msgspec", "typing_extensions"}  # the wire codec, and what msgspec itself imports

@@ -30,12 +30,13 @@ from .core._errors import (
     NotFound,
     WaypostError,
 )
-from .core._events import Added, Event, Interrupted, Removed, Resynced
+from .core._events import Added, Event, Interrupted, RecordEvent, Removed, Resynced, Updated
 from .core._handles import Component, Endpoint, Namespace
 from .core._instance import DeviceType, Instance, RequestPlaneCodec, TransportType
 from .core._names import EndpointId
 from .core._plugins import register_plugin, unregister_plugin
 from .core._query import Query
+from .core._records import EventChannel, EventSource, ModelCard
 from .core._runtime import Registration, Runtime, connect
 from .core._spi import Capability
 from .core._watch import Watch
@@ -63,20 +64,25 @@ __all__ = [
     "Endpoint",
     "EndpointId",
     "Event",
+    "EventChannel",
+    "EventSource",
     "Instance",
     "Interrupted",
     "InvalidName",
     "LeaseLost",
+    "ModelCard",
     "Namespace",
     "NoInstances",
     "NotFound",
     "Query",
+    "RecordEvent",
     "Registration",
     "Removed",
     "RequestPlaneCodec",
     "Resynced",
     "Runtime",
     "TransportType",
+    "Updated",
     "Watch",
     "WaypostError",
     "__version__",
@@ -89,7 +95,6 @@ __all__ = [
 
 
 def __getattr__(name: str) -> _typing.Any:
-    # The asyncio facade is imported on first use so `import waypost` stays light.
     # Imported on first use, so that `import waypost` stays light: the asyncio facade, and pluggy.
     if name == "aio":
         import importlib

@@ -27,16 +27,26 @@ def _ready(server: servers.RedisServer) -> servers.RedisServer:
     return server
 
 
+FOREIGN_LEASE = str(2**64 - 2)  # the other writer's lease: an id no test asks for
+
+
 def _raw(server: servers.RedisServer) -> dict[str, Any]:
     """Plant and read as another writer would: instance keys (any bytes) into the backend's index and
-    values, without an owner (the orphan sweep may take them); anything else as plain Redis keys."""
+    values, owned by a lease that never expires (else the orphan sweep deletes them before the test
+    reads them, whenever a keepalive comes first); anything else as plain Redis keys."""
     import redis
 
     def put(key: bytes, value: bytes) -> None:
         with redis.Redis(host=servers.HOST, port=server.port, password=server.password) as raw:
             if key.startswith(b"v1/instances/"):
-                raw.zadd("waypost:index", {key: 0})
-                raw.hset("waypost:values", key, value)
+                # One transaction, as the backend's scripts write: a sweep running between the
+                # commands would find an indexed key without an owner and delete half of it.
+                with raw.pipeline(transaction=True) as step:
+                    step.zadd("waypost:leases", {FOREIGN_LEASE: 2**52})  # a deadline in the year 142 000
+                    step.hset("waypost:owners", key, FOREIGN_LEASE)
+                    step.hset("waypost:values", key, value)
+                    step.zadd("waypost:index", {key: 0})
+                    step.execute()
             else:
                 raw.set(key, value)
 

@@ -149,6 +149,7 @@ from typing import Any, ClassVar
 from urllib.parse import unquote, unquote_to_bytes
 
 from waypost.core import (
+    BUCKETS,
     KEY_ROOT,
     MAX_VALUE_BYTES,
     AlreadyRegistered,
@@ -177,9 +178,9 @@ __all__ = ["FileBackend", "decode_name", "default_root", "encode_name"]
 _log = logging.getLogger("waypost")
 
 TMP_PREFIX = ".tmp_"
-BUCKET = KEY_ROOT  # the instances bucket, relative to the root
 LEASE_DIR = ".waypost/leases"
-_STORE_DIRS = ("", "v1", BUCKET, ".waypost", LEASE_DIR)
+_STORE_DIRS = ("", "v1", *BUCKETS, ".waypost", LEASE_DIR)
+_LEASED = (KEY_ROOT, "v1/mdc")  # the buckets whose keys name the lease: ``{ns}/{comp}/{ep}/{lease hex}[/…]``
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _ENCODED_NAME = re.compile(r"(?:[A-Za-z0-9]|%[0-9A-F]{2})+")
 _DIR_MODE = 0o700
@@ -220,12 +221,29 @@ def default_root() -> Path:
     return Path(configured) if configured else Path(tempfile.gettempdir()) / "dynamo_store_kv"
 
 
-def _relative_prefix(prefix: str) -> str | None:
-    """``prefix`` relative to the instances bucket; ``None`` if it names another bucket."""
-    bucket = BUCKET + "/"
-    if prefix.startswith(bucket):
-        return prefix[len(bucket):]
-    return "" if bucket.startswith(prefix) else None
+def _split(key: str) -> tuple[str, str]:
+    """``key`` as its bucket and the key relative to it."""
+    for bucket in BUCKETS:
+        if key.startswith(bucket + "/") and len(key) > len(bucket) + 1:
+            return bucket, key[len(bucket) + 1:]
+    raise ConfigError(f"the file:// store keeps keys under {', '.join(b + '/' for b in BUCKETS)} only, "
+                      f"got {key[:200]!r}")
+
+
+def _covered(prefix: str) -> list[tuple[str, str]]:
+    """The buckets a key prefix reaches, each with the prefix relative to it."""
+    covered = []
+    for bucket in BUCKETS:
+        if prefix.startswith(bucket + "/"):
+            covered.append((bucket, prefix[len(bucket) + 1:]))
+        elif (bucket + "/").startswith(prefix):
+            covered.append((bucket, ""))
+    return covered
+
+
+def _names_lease(relative: str, marker: str) -> bool:
+    """Does the relative key of a ``_LEASED`` bucket name the lease ``marker`` (``ns/comp/ep/<id>[/lora]``)?"""
+    return relative.split("/")[3:4] == [marker]
 
 
 def _unavailable(action: str, path: str, exc: OSError) -> BackendUnavailable:
@@ -665,7 +683,7 @@ _Entry = tuple[str, str, os.stat_result]  # key, file name in the bucket, stat
 # file tells it apart from a file of the same name written later by another Runtime (ours was
 # reaped or revoked, and the same instance id was granted again elsewhere): that one is never
 # touched or deleted as ours.
-_Mine = tuple[str, int]
+_Mine = tuple[str, str, int]  # bucket, file name, descriptor
 _Entries = list[_Entry]  # `list` is shadowed inside FileBackend by its method
 
 
@@ -690,12 +708,12 @@ class FileBackend(Backend):
     def __init__(self, root: Path, *, stale_after: float | None = None, poll_interval: float | None = None,
                  watcher: str = "auto") -> None:
         self.root = root
-        self.bucket = root.joinpath(*BUCKET.split("/"))
+        self.bucket = root.joinpath(*KEY_ROOT.split("/"))  # the instances bucket
         self.use_inotify = _pick_watcher(watcher)
         self._tree = _Tree(_absolute(str(root)))
         try:
             self._tree.check(_STORE_DIRS)
-            with self._tree.using(BUCKET, LEASE_DIR) as dirs:
+            with self._tree.using(*BUCKETS, LEASE_DIR) as dirs:
                 for directory in dirs:
                     if not os.access(".", os.W_OK | os.X_OK, dir_fd=directory.fd):
                         raise ConfigError(f"file:// store: {directory.path} is not writable by this user (uid "
@@ -744,16 +762,14 @@ class FileBackend(Backend):
     def _check(self) -> None:
         self._watches.check_open()
 
-    def _name(self, key: str) -> str:
-        """The file name of ``key`` in the instances bucket."""
-        relative = _relative_prefix(key)
-        if not relative:
-            raise ConfigError(f"the file:// store keeps keys under {BUCKET}/ only, got {key!r}")
+    def _name(self, key: str) -> tuple[str, str]:
+        """The bucket of ``key`` and its file name there."""
+        bucket, relative = _split(key)
         name = encode_name(relative)
         if len(name) > _MAX_NAME:
             raise ConfigError(f"key {key!r} is too long for the file:// store: its file name would have "
                               f"{len(name)} bytes (at most {_MAX_NAME})")
-        return name
+        return bucket, name
 
     def _warn_once(self, name: str, message: str) -> None:
         if name not in self._warned:
@@ -811,21 +827,28 @@ class FileBackend(Backend):
         return fd
 
     def _fresh_files_of(self, lease_id: int, mine: Mapping[str, _Mine]) -> bool:
-        """Are there live instance files of ``lease_id`` that this backend did not write?"""
-        suffix = f"/{lease_id:x}"
-        with self._tree.using(BUCKET) as (bucket,):
-            return any(key.endswith(suffix) and not (key in mine and bucket.holds(name, mine[key][1]))
-                       for key, name, _ in self._scan(bucket, ""))
+        """Are there live files named by ``lease_id`` (instances, model cards) that this backend did not write?"""
+        marker = f"{lease_id:x}"
+        with self._tree.using(*_LEASED) as dirs:
+            return any(_names_lease(relative, marker) and not (key in mine and directory.holds(name, mine[key][2]))
+                       for bucket, directory in zip(_LEASED, dirs, strict=True)
+                       for key, name, _ in self._scan(directory, bucket, "")
+                       for relative in (key[len(bucket) + 1:],))
 
     def keep_alive(self, lease: Lease) -> None:
         self._check()
-        with self._shared.lock, self._tree.using(LEASE_DIR, BUCKET) as (leases, bucket):
+        with self._shared.lock:
             owned = self._owned.get(lease.id)
             if owned is None:
                 raise LeaseLost(f"file:// lease {lease.id:x} was revoked")
-            marker = f"{lease.id:x}"
-            missing = [] if leases.touch_if_held(marker, self._markers.get(lease.id)) else [f"{leases.path}/{marker}"]
-            missing += [f"{bucket.path}/{name}" for name, fd in owned.values() if not bucket.touch_if_held(name, fd)]
+            used = sorted({bucket for bucket, _, _ in owned.values()})
+            with self._tree.using(LEASE_DIR, *used) as (leases, *buckets):
+                dirs = dict(zip(used, buckets, strict=True))
+                marker = f"{lease.id:x}"
+                missing = [] if leases.touch_if_held(marker, self._markers.get(lease.id)) else [
+                    f"{leases.path}/{marker}"]
+                missing += [f"{dirs[bucket].path}/{name}" for bucket, name, fd in owned.values()
+                            if not dirs[bucket].touch_if_held(name, fd)]
         if missing:
             raise LeaseLost(f"{missing[0]} was removed or replaced: it went stale and was reaped, "
                             "or another process revoked the lease (and may hold its id now)")
@@ -839,33 +862,35 @@ class FileBackend(Backend):
             mine = self._owned.pop(lease_id, None)
             marker_fd = self._markers.pop(lease_id, None)
             try:
-                with self._tree.using(LEASE_DIR, BUCKET) as (leases, bucket):
-                    self._revoke(lease_id, mine, marker_fd, leases, bucket)
+                with self._tree.using(LEASE_DIR, *BUCKETS) as (leases, *buckets):
+                    self._revoke(lease_id, mine, marker_fd, leases, dict(zip(BUCKETS, buckets, strict=True)))
             finally:
                 _close(marker_fd)
-                for _, fd in (mine or {}).values():
+                for _, _, fd in (mine or {}).values():
                     _close(fd)
 
     def _revoke(self, lease_id: int, mine: Mapping[str, _Mine] | None, marker_fd: int | None, leases: _Dir,
-                bucket: _Dir) -> None:
+                dirs: Mapping[str, _Dir]) -> None:
         marker = f"{lease_id:x}"
         if mine is not None and leases.holds(marker, marker_fd) is None:
             # We lost this lease and another Runtime may hold the id now: only our own files go.
-            for key, (name, fd) in sorted(mine.items()):
-                held = bucket.holds(name, fd)
-                if held is not None and bucket.unlink(name, held):
+            for key, (bucket, name, fd) in sorted(mine.items()):
+                held = dirs[bucket].holds(name, fd)
+                if held is not None and dirs[bucket].unlink(name, held):
                     self._shared.publish("delete", key)
             return
-        # Our own lease: we know its files. Another Runtime's: find them, and what a write of its
-        # left half done (the process was killed mid-write), revoking by id.
-        doomed = {key: name for key, (name, _) in mine.items()} if mine is not None else {
-            key: name for key, name, _ in self._scan(bucket, "") if key.endswith(f"/{marker}")}
+        # Our own lease: we know its files. Another Runtime's: find the files its id names, and what
+        # a write of its left half done (the process was killed mid-write).
+        doomed = {key: (bucket, name) for key, (bucket, name, _) in mine.items()} if mine is not None else {
+            key: (bucket, name) for bucket in _LEASED for key, name, _ in self._scan(dirs[bucket], bucket, "")
+            if _names_lease(key[len(bucket) + 1:], marker)}
         if mine is None:
-            for name in bucket.names():
-                if name.startswith(_tmp_prefix(lease_id)):
-                    bucket.unlink(name)
-        for key, name in sorted(doomed.items()):
-            if bucket.unlink(name):
+            for directory in dirs.values():
+                for name in directory.names():
+                    if name.startswith(_tmp_prefix(lease_id)):
+                        directory.unlink(name)
+        for key, (bucket, name) in sorted(doomed.items()):
+            if dirs[bucket].unlink(name):
                 self._shared.publish("delete", key)
         leases.unlink(marker)
 
@@ -889,8 +914,8 @@ class FileBackend(Backend):
         self._write(lease, key, value, replace=True)
 
     def _write(self, lease: Lease, key: str, value: bytes, *, replace: bool) -> None:
-        name = self._name(key)
-        with self._shared.lock, self._tree.using(BUCKET) as (bucket,):
+        bucket_name, name = self._name(key)
+        with self._shared.lock, self._tree.using(bucket_name) as (bucket,):
             owned = self._require_lease(lease)
             tmp, fd = self._write_tmp(bucket, lease, value)
             try:
@@ -900,8 +925,10 @@ class FileBackend(Backend):
                 raise
             finally:
                 bucket.unlink(tmp)  # after link() both names remain; after rename() it is gone already
-            _close(owned.get(key, (name, None))[1])
-            owned[key] = (name, fd)
+            previous = owned.get(key)
+            if previous is not None:
+                _close(previous[2])
+            owned[key] = (bucket_name, name, fd)
             self._shared.publish("put", key, value)
 
     def _publish(self, bucket: _Dir, tmp: str, name: str, key: str, *, replace: bool) -> None:
@@ -938,17 +965,17 @@ class FileBackend(Backend):
 
     def delete(self, lease: Lease, key: str) -> None:
         self._check()
-        name = self._name(key)
-        with self._shared.lock, self._tree.using(BUCKET) as (bucket,):
+        bucket_name, name = self._name(key)
+        with self._shared.lock, self._tree.using(bucket_name) as (bucket,):
             owned = self._owned.get(lease.id, {})
             mine = owned.get(key)
             # Only the file this lease wrote: after our lease was lost, a file of the same name may
             # belong to another Runtime that was granted the same instance id.
-            held = bucket.holds(name, mine[1]) if mine is not None else None
+            held = bucket.holds(name, mine[2]) if mine is not None else None
             removed = held is not None and bucket.unlink(name, held)
             owned.pop(key, None)  # after the unlink: if that failed, the key stays ours to retry
             if mine is not None:
-                _close(mine[1])
+                _close(mine[2])
             if removed:
                 self._shared.publish("delete", key)
 
@@ -958,18 +985,25 @@ class FileBackend(Backend):
         return sorted((key, known.value) for key, known in self._refresh(prefix, {}).items())
 
     def _refresh(self, prefix: str, known: Mapping[str, _Known]) -> dict[str, _Known]:
-        """The files under ``prefix`` now, re-reading only those that changed since ``known``."""
+        """The files under ``prefix`` now, in every bucket it reaches; re-reads only those changed since ``known``."""
         fresh: dict[str, _Known] = {}
-        with self._tree.using(BUCKET) as (bucket,):
-            for key, name, st in self._scan(bucket, prefix):
-                signature = (st.st_ino, st.st_size, st.st_mtime_ns)
-                old = known.get(key)
-                if old is not None and old.signature == signature:
-                    fresh[key] = old
-                    continue
-                value = self._read(bucket, name, key)
-                if value is not None:
-                    fresh[key] = _Known(signature, value)
+        for bucket_name, relative in _covered(prefix):
+            with self._tree.using(bucket_name) as (bucket,):
+                fresh.update(self._refresh_bucket(bucket, bucket_name, relative, known))
+        return fresh
+
+    def _refresh_bucket(self, bucket: _Dir, bucket_name: str, relative: str,
+                        known: Mapping[str, _Known]) -> dict[str, _Known]:
+        fresh: dict[str, _Known] = {}
+        for key, name, st in self._scan(bucket, bucket_name, relative):
+            signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+            old = known.get(key)
+            if old is not None and old.signature == signature:
+                fresh[key] = old
+                continue
+            value = self._read(bucket, name, key)
+            if value is not None:
+                fresh[key] = _Known(signature, value)
         return fresh
 
     def _read(self, bucket: _Dir, name: str, key: str) -> bytes | None:
@@ -979,11 +1013,8 @@ class FileBackend(Backend):
             _skip(key, f"{bucket.path}/{name}: {why}")
             return None
 
-    def _scan(self, bucket: _Dir, prefix: str) -> _Entries:
-        """One listing of the bucket: live instance files under ``prefix``; stale ones are reaped."""
-        relative = _relative_prefix(prefix)
-        if relative is None:
-            return []
+    def _scan(self, bucket: _Dir, bucket_name: str, relative: str) -> _Entries:
+        """One listing of a bucket: its live files under the relative key prefix; stale ones are reaped."""
         try:
             names = bucket.names()
         except FileNotFoundError:
@@ -991,10 +1022,10 @@ class FileBackend(Backend):
         except OSError as exc:
             raise _unavailable("list", bucket.path, exc) from exc
         now = time.time()
-        found = [self._examine(bucket, name, relative, now) for name in names]
+        found = [self._examine(bucket, bucket_name, name, relative, now) for name in names]
         return [item for item in found if item is not None]
 
-    def _examine(self, bucket: _Dir, name: str, relative: str, now: float) -> _Entry | None:
+    def _examine(self, bucket: _Dir, bucket_name: str, name: str, relative: str, now: float) -> _Entry | None:
         if name.startswith(TMP_PREFIX):
             self._reap_tmp(bucket, name, now)
             return None
@@ -1004,7 +1035,7 @@ class FileBackend(Backend):
             return None
         if not key_in_bucket.startswith(relative):
             return None
-        key = f"{BUCKET}/{key_in_bucket}"
+        key = f"{bucket_name}/{key_in_bucket}"
         try:
             st = bucket.lstat(name)
         except OSError as exc:
@@ -1103,8 +1134,9 @@ class FileBackend(Backend):
         return True
 
     def _reap_everything(self) -> None:
-        with self._tree.using(BUCKET) as (bucket,):
-            self._scan(bucket, "")
+        with self._tree.using(*BUCKETS) as dirs:
+            for bucket_name, bucket in zip(BUCKETS, dirs, strict=True):
+                self._scan(bucket, bucket_name, "")
         self._reap_markers()
 
     # watching ------------------------------------------------------------------------------
@@ -1123,7 +1155,7 @@ class FileBackend(Backend):
             return
         with self._shared.lock:  # only the descriptors that tell our files apart go
             for owned in self._owned.values():
-                for _, fd in owned.values():
+                for _, _, fd in owned.values():
                     _close(fd)
             for fd in self._markers.values():
                 _close(fd)
@@ -1136,15 +1168,37 @@ _Change = tuple[str, str, bytes]  # ("put" | "delete", key, value)
 _SAFETY_RESCAN = 30.0  # with inotify, a full (cheap, mtime-guarded) rescan this often all the same
 
 
+class _Watched:
+    """One bucket a watch covers: its inotify watch and what its last scan of the bucket found."""
+
+    __slots__ = ("bucket", "inotify", "known", "relative", "scanned")
+
+    def __init__(self, bucket: str, relative: str) -> None:
+        self.bucket = bucket
+        self.relative = relative  # the watch's prefix, relative to the bucket
+        self.inotify: _Inotify | None = None
+        self.known: dict[str, _Known] = {}
+        self.scanned: tuple[int, float] | None = None  # the bucket's mtime_ns at the last rescan, and when
+
+    def owns(self, key: str) -> bool:
+        return key.startswith(self.bucket + "/")
+
+    def close(self) -> None:
+        if self.inotify is not None:
+            self.inotify.close()
+            self.inotify = None
+
+
 class _FileWatch(WatchLoop):
     """One watch: this process's changes at once and in order; other processes' through inotify.
 
     With inotify the watch re-examines only the files named by its events
     (re-reading each one's current state, so event order never matters) and
-    rescans the directory only after an overflow or when the directory itself
-    was replaced. Polling rescans every ``poll_interval``, skipped while the
-    directory's mtime says nothing was added, removed or renamed. Each tick
-    also takes part in the store-wide reap election.
+    rescans a bucket only after an overflow or when the directory itself was
+    replaced. Polling rescans every ``poll_interval``, skipping a bucket whose
+    mtime says nothing was added, removed or renamed. A prefix reaching
+    several buckets (``""``, ``v1/``) watches each. Each tick also takes part
+    in the store-wide reap election.
     """
 
     thread_name = "waypost-file-watch"
@@ -1155,9 +1209,7 @@ class _FileWatch(WatchLoop):
         self._local: deque[_Change] = deque()  # this process's changes, in the order they hit disk
         self._local_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._inotify: _Inotify | None = None
-        self._known: dict[str, _Known] = {}
-        self._scanned: tuple[int, float] | None = None  # the bucket's mtime_ns at the last rescan, and when
+        self._parts = [_Watched(bucket, relative) for bucket, relative in _covered(prefix)]
         self._next_rescan = 0.0
 
     def notify(self, kind: str, key: str, value: bytes) -> None:
@@ -1171,49 +1223,60 @@ class _FileWatch(WatchLoop):
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"!")
 
+    def _state(self) -> list[tuple[str, bytes]]:
+        return sorted((key, known.value) for part in self._parts for key, known in part.known.items())
+
     # WatchLoop -------------------------------------------------------------------------------
     def snapshot(self) -> list[tuple[str, bytes]]:
         backend = self._backend
-        with backend._shared.lock, backend._tree.using(BUCKET) as (bucket,):
+        buckets = [part.bucket for part in self._parts]
+        with backend._shared.lock, backend._tree.using(*buckets) as dirs:
             # Under the writers' lock: no change of this process falls between the state read and
             # the queue, and inotify watches the very directory that was read.
             if self not in backend._shared.watches:
                 backend._shared.watches.append(self)
-            if self._inotify is not None:
-                self._inotify.close()
-            self._inotify = _Inotify.open(bucket) if backend.use_inotify else None
-            self._scanned = None
-            self._known = backend._refresh(self.prefix, {})
-            self._scanned = (os.fstat(bucket.fd).st_mtime_ns, time.time())
+            for part, directory in zip(self._parts, dirs, strict=True):
+                part.close()
+                part.inotify = _Inotify.open(directory) if backend.use_inotify else None
+                part.known = backend._refresh_bucket(directory, part.bucket, part.relative, {})
+                part.scanned = (os.fstat(directory.fd).st_mtime_ns, time.time())
             with self._local_lock:
                 self._local.clear()
         self._next_rescan = time.monotonic() + self._rescan_period()
-        return sorted((key, known.value) for key, known in self._known.items())
+        return self._state()
 
     def _rescan_period(self) -> float:
-        return _SAFETY_RESCAN if self._inotify is not None else self._backend.poll_interval
+        polled = any(part.inotify is None for part in self._parts)
+        return self._backend.poll_interval if polled else _SAFETY_RESCAN
 
     def follow(self) -> None:
         backend = self._backend
         while not self.stopped:
             ready = self._wait(min(max(self._next_rescan - time.monotonic(), 0.0), backend.reap_interval / 2))
             self._apply_local()
-            names, overflow = self._inotify.read() if self._inotify is not None and ready else (set(), False)
-            if overflow or time.monotonic() >= self._next_rescan:
-                self._rescan(force=overflow)
-            elif names:
-                self._recheck(names)
+            changed = False
+            rescan_all = time.monotonic() >= self._next_rescan
+            if rescan_all:
+                self._next_rescan = time.monotonic() + self._rescan_period()
+            for part in self._parts:
+                names, overflow = part.inotify.read() if part.inotify is not None and part in ready else (set(), False)
+                if overflow or rescan_all:
+                    changed |= self._rescan(part, force=overflow)
+                elif names:
+                    self._recheck(part, names)
+            if changed:
+                self.state(self._state())
             backend._maybe_reap(backend.reap_interval)
 
-    def _wait(self, timeout: float) -> bool:
-        """Wait for this process's changes or inotify events; ``True`` if inotify has some."""
-        fds = [self._wake_r] if self._inotify is None else [self._wake_r, self._inotify.fd]
-        readable, _, _ = select.select(fds, [], [], timeout)
+    def _wait(self, timeout: float) -> list[_Watched]:
+        """Wait for this process's changes or inotify events; the buckets inotify has events for."""
+        watched = {part.inotify.fd: part for part in self._parts if part.inotify is not None}
+        readable, _, _ = select.select([self._wake_r, *watched], [], [], timeout)
         if self._wake_r in readable:
             with contextlib.suppress(BlockingIOError, OSError):
                 while os.read(self._wake_r, 4096):
                     pass
-        return self._inotify is not None and self._inotify.fd in readable
+        return [watched[fd] for fd in readable if fd in watched]
 
     def _apply_local(self) -> None:
         while True:
@@ -1221,59 +1284,62 @@ class _FileWatch(WatchLoop):
                 if not self._local:
                     return
                 kind, key, value = self._local.popleft()
+            part = next((part for part in self._parts if part.owns(key)), None)
+            if part is None:
+                continue
             if kind == "put":
-                self._known[key] = _Known(None, value)
+                part.known[key] = _Known(None, value)
                 self.put(key, value)
-            elif self._known.pop(key, None) is not None:
+            elif part.known.pop(key, None) is not None:
                 self.delete(key)
 
-    def _rescan(self, force: bool = False) -> None:
+    def _rescan(self, part: _Watched, force: bool = False) -> bool:
+        """Rescan one bucket (unless its mtime says nothing changed); ``True`` if it was rescanned."""
         backend = self._backend
-        self._next_rescan = time.monotonic() + self._rescan_period()
-        with backend._tree.using(BUCKET) as (bucket,):
+        with backend._tree.using(part.bucket) as (bucket,):
             mtime = os.fstat(bucket.fd).st_mtime_ns
-            if not force and self._unchanged_since_scan(mtime):
-                return
+            if not force and self._unchanged_since_scan(part, mtime):
+                return False
             now = time.time()
-            fresh = backend._refresh(self.prefix, self._known)
-        self._known, self._scanned = fresh, (mtime, now)
-        self.state(sorted((key, known.value) for key, known in fresh.items()))
+            part.known = backend._refresh_bucket(bucket, part.bucket, part.relative, part.known)
+        part.scanned = (mtime, now)
+        return True
 
-    def _unchanged_since_scan(self, mtime_ns: int) -> bool:
+    @staticmethod
+    def _unchanged_since_scan(part: _Watched, mtime_ns: int) -> bool:
         # Names are added, removed and replaced only by link, unlink and rename, which all change the
         # directory's mtime. Its clock is coarse, so a change in the same tick as the last scan may
         # leave it unchanged: trust it only once it is a second older than that scan.
-        if self._scanned is None:
+        if part.scanned is None:
             return False
-        scanned_mtime, scanned_at = self._scanned
+        scanned_mtime, scanned_at = part.scanned
         return mtime_ns == scanned_mtime and scanned_at - mtime_ns / 1e9 > 1.0
 
-    def _recheck(self, names: Iterable[str]) -> None:
+    def _recheck(self, part: _Watched, names: Iterable[str]) -> None:
         backend = self._backend
-        relative = _relative_prefix(self.prefix) or ""
-        with backend._tree.using(BUCKET) as (bucket,):
+        with backend._tree.using(part.bucket) as (bucket,):
             now = time.time()
             for name in sorted(names):
                 key_in_bucket = decode_name(name)
-                if key_in_bucket is None or not key_in_bucket.startswith(relative):
+                if key_in_bucket is None or not key_in_bucket.startswith(part.relative):
                     continue
-                key = f"{BUCKET}/{key_in_bucket}"
-                entry = backend._examine(bucket, name, relative, now)
-                value = None if entry is None else self._value(bucket, entry)
+                key = f"{part.bucket}/{key_in_bucket}"
+                entry = backend._examine(bucket, part.bucket, name, part.relative, now)
+                value = None if entry is None else self._value(part, bucket, entry)
                 if value is not None:
                     self.put(key, value)
-                elif self._known.pop(key, None) is not None:
+                elif part.known.pop(key, None) is not None:
                     self.delete(key)
 
-    def _value(self, bucket: _Dir, entry: _Entry) -> bytes | None:
+    def _value(self, part: _Watched, bucket: _Dir, entry: _Entry) -> bytes | None:
         key, name, st = entry
         signature = (st.st_ino, st.st_size, st.st_mtime_ns)
-        old = self._known.get(key)
+        old = part.known.get(key)
         if old is not None and old.signature == signature:
             return old.value
         value = self._backend._read(bucket, name, key)
         if value is not None:
-            self._known[key] = _Known(signature, value)
+            part.known[key] = _Known(signature, value)
         return value
 
     def interrupt(self) -> None:
@@ -1281,8 +1347,8 @@ class _FileWatch(WatchLoop):
 
     def release(self) -> None:
         self._backend._unregister_watch(self)
-        if self._inotify is not None:
-            self._inotify.close()
+        for part in self._parts:
+            part.close()
         _close(self._wake_r)
         _close(self._wake_w)
 

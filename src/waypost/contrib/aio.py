@@ -22,7 +22,7 @@ import contextvars
 import functools
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Generator, Mapping
+from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
@@ -32,11 +32,14 @@ from waypost import (
     DeviceType,
     Endpoint,
     EndpointId,
-    Event,
+    EventChannel,
+    EventSource,
     Instance,
+    ModelCard,
     Namespace,
     NoInstances,
     Query,
+    RecordEvent,
     RequestPlaneCodec,
     TransportType,
 )
@@ -56,6 +59,14 @@ class _AsyncClosable(Protocol):
 
 
 R = TypeVar("R", bound=_AsyncClosable)
+Rec = TypeVar("Rec")
+
+
+class _Opener(Protocol[Rec]):
+    """``waypost.Runtime.watch`` and its siblings for other record kinds."""
+
+    def __call__(self, runtime: waypost.Runtime, query: Query | str | None, /, *,
+                 notify: Callable[[], None] | None = None) -> waypost.Watch[Rec]: ...
 
 
 # helpers ---------------------------------------------------------------------------------------
@@ -159,7 +170,8 @@ class Runtime:
     def __init__(self, sync: waypost.Runtime) -> None:
         #: The synchronous :class:`waypost.Runtime` underneath.
         self.sync = sync
-        self._handles: HandleCache[_Registering, _Listing, Pending[Watch], Pending[Client]] = HandleCache(self)
+        self._handles: HandleCache[_Registering, _Listing, Pending[Watch[Instance]], Pending[Client]] = (
+            HandleCache(self))
 
     @property
     def instance_id(self) -> int:
@@ -225,6 +237,11 @@ class Runtime:
                                metadata)
         return Registration(self, sync)
 
+    async def register_model(self, endpoint_id: EndpointId | str, card: Mapping[str, Any] | bytes | str, *,
+                             lora: str | None = None) -> Registration:
+        """Publish a model card for ``endpoint_id``; see :meth:`waypost.Runtime.register_model`."""
+        return Registration(self, await _off_loop(self.sync.register_model, endpoint_id, card, lora=lora))
+
     def registrations(self) -> list[Registration]:
         """This Runtime's active registrations (a snapshot; no store access)."""
         return [Registration(self, r) for r in self.sync.registrations()]
@@ -233,9 +250,33 @@ class Runtime:
         """Every instance matching ``query`` (default: all), sorted; one store read."""
         return await _off_loop(self.sync.list_instances, query)
 
-    def watch(self, query: Query | str | None = None) -> Pending[Watch]:
+    async def list_models(self, query: Query | str | None = None) -> list[ModelCard]:
+        """Every model card of the endpoints ``query`` names, sorted; one store read."""
+        return await _off_loop(self.sync.list_models, query)
+
+    async def list_event_channels(self, query: Query | str | None = None) -> list[EventChannel]:
+        """Every event channel scoped to what ``query`` names, sorted; one store read."""
+        return await _off_loop(self.sync.list_event_channels, query)
+
+    async def list_event_sources(self, query: Query | str | None = None) -> list[EventSource]:
+        """Every event source scoped to what ``query`` names, sorted; one store read."""
+        return await _off_loop(self.sync.list_event_sources, query)
+
+    def watch(self, query: Query | str | None = None) -> Pending[Watch[Instance]]:
         """Watch ``query`` (default: all): ``async with rt.watch(q) as events: async for event in events``."""
-        return Pending(Watch._open(self, query))
+        return Pending(Watch._open(self, query, waypost.Runtime.watch))
+
+    def watch_models(self, query: Query | str | None = None) -> Pending[Watch[ModelCard]]:
+        """Watch the model cards of ``query``: ``Added``, ``Updated`` (e.g. taints), ``Removed``."""
+        return Pending(Watch._open(self, query, waypost.Runtime.watch_models))
+
+    def watch_event_channels(self, query: Query | str | None = None) -> Pending[Watch[EventChannel]]:
+        """Watch the event channels scoped to what ``query`` names."""
+        return Pending(Watch._open(self, query, waypost.Runtime.watch_event_channels))
+
+    def watch_event_sources(self, query: Query | str | None = None) -> Pending[Watch[EventSource]]:
+        """Watch the event sources scoped to what ``query`` names."""
+        return Pending(Watch._open(self, query, waypost.Runtime.watch_event_sources))
 
     def client(self, endpoint_id: EndpointId | str, down_period: float = 5.0) -> Pending[Client]:
         """A live, watch-fed instance set of ``endpoint_id`` with pickers; see :class:`Client`."""
@@ -271,13 +312,38 @@ class Registration:
         return self.sync.fields
 
     @property
+    def kind(self) -> str:
+        return self.sync.kind
+
+    @property
+    def lora(self) -> str | None:
+        return self.sync.lora
+
+    @property
+    def slot(self) -> tuple[str, EndpointId, str | None]:
+        return self.sync.slot
+
+    @property
+    def record(self) -> Instance | ModelCard:
+        return self.sync.record
+
+    @property
     def instance(self) -> Instance:
         """The registered instance, under the Runtime's current instance id."""
         return self.sync.instance
 
     @property
+    def model(self) -> ModelCard:
+        """The registered model card, under the Runtime's current instance id."""
+        return self.sync.model
+
+    @property
     def active(self) -> bool:
         return self.sync.active
+
+    async def update_taints(self, taints: Iterable[str]) -> None:
+        """Set a model card's taints; see :meth:`waypost.Registration.update_taints`."""
+        await _off_loop(self.sync.update_taints, list(taints))
 
     async def unregister(self) -> None:
         """Remove the registration from the store now (no-op if already removed)."""
@@ -302,23 +368,23 @@ class Registration:
         return f"<aio.Registration {self.endpoint_id} {'active' if self.active else 'removed'}>"
 
 
-class Watch:
+class Watch(Generic[Rec]):
     """Events for a query (asyncio): the snapshot as ``Added`` events, then live changes.
 
     The core :class:`waypost.Watch` underneath keeps the queue (bounded, with
     the same lag handling); its ``notify`` callback wakes this one in the loop.
     """
 
-    def __init__(self, sync: waypost.Watch, ready: asyncio.Event) -> None:
+    def __init__(self, sync: waypost.Watch[Rec], ready: asyncio.Event) -> None:
         #: The core :class:`waypost.Watch` (do not read events from it: they come here).
         self.sync = sync
         self._ready = ready
 
     @classmethod
-    async def _open(cls, runtime: Runtime, query: Query | str | None) -> Watch:
+    async def _open(cls, runtime: Runtime, query: Query | str | None, opener: _Opener[Rec]) -> Watch[Rec]:
         ready = asyncio.Event()
         wake = _waker(asyncio.get_running_loop(), ready)
-        sync = await _open_off_loop(lambda: runtime.sync.watch(query, notify=wake), waypost.Watch.close)
+        sync = await _open_off_loop(lambda: opener(runtime.sync, query, notify=wake), waypost.Watch.close)
         return cls(sync, ready)
 
     @property
@@ -326,7 +392,7 @@ class Watch:
         return self.sync.query
 
     @property
-    def instances(self) -> list[Instance]:
+    def instances(self) -> list[Rec]:
         """The watcher's current view, sorted (it may be ahead of the events consumed so far)."""
         return self.sync.instances
 
@@ -334,7 +400,7 @@ class Watch:
     def closed(self) -> bool:
         return self.sync.closed
 
-    async def get(self, timeout: float | None = None) -> Event | None:
+    async def get(self, timeout: float | None = None) -> RecordEvent[Rec] | None:
         """Next event, or ``None`` if none came within ``timeout`` seconds (``None``: wait for one).
 
         Raises :class:`waypost.Closed` once the watch is closed and drained, or
@@ -352,7 +418,8 @@ class Watch:
         except TimeoutError:
             return None
 
-    async def wait_for(self, predicate: Callable[[Event], bool], timeout: float) -> Event | None:
+    async def wait_for(self, predicate: Callable[[RecordEvent[Rec]], bool],
+                       timeout: float) -> RecordEvent[Rec] | None:
         """Consume events until one satisfies ``predicate``; ``None`` on timeout."""
         check_timeout(timeout, "timeout")
         try:
@@ -364,10 +431,10 @@ class Watch:
         except TimeoutError:
             return None
 
-    def __aiter__(self) -> Watch:
+    def __aiter__(self) -> Watch[Rec]:
         return self
 
-    async def __anext__(self) -> Event:
+    async def __anext__(self) -> RecordEvent[Rec]:
         while True:
             try:
                 event = await self.get()
@@ -381,7 +448,7 @@ class Watch:
         if not self.sync.closed:
             await _off_loop(self.sync.close)
 
-    async def __aenter__(self) -> Watch:
+    async def __aenter__(self) -> Watch[Rec]:
         return self
 
     async def __aexit__(
@@ -493,5 +560,5 @@ class Client:
 # What the core handles return when they belong to an asyncio Runtime.
 _Registering: TypeAlias = Coroutine[Any, Any, Registration]
 _Listing: TypeAlias = Coroutine[Any, Any, list[Instance]]
-AsyncNamespace: TypeAlias = Namespace[_Registering, _Listing, Pending[Watch], Pending[Client]]
-AsyncEndpoint: TypeAlias = Endpoint[_Registering, _Listing, Pending[Watch], Pending[Client]]
+AsyncNamespace: TypeAlias = Namespace[_Registering, _Listing, Pending[Watch[Instance]], Pending[Client]]
+AsyncEndpoint: TypeAlias = Endpoint[_Registering, _Listing, Pending[Watch[Instance]], Pending[Client]]

@@ -53,6 +53,7 @@ from ._plugins import (
     register_plugin,
     unregister_plugin,
 )
+from ._records import BUCKETS, decode_records
 from ._runtime import RUNTIME_OPTIONS, random_instance_id
 from ._spi import Backend, Capability, Lease, Option, ParsedURL, WatchHandle, WatchSink
 from ._watch import skip_value
@@ -88,6 +89,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AlreadyRegistered",
     "AuthenticationError",
+    "BUCKETS",
     "Backend",
     "BackendEntry",
     "BackendNotInstalled",
@@ -123,6 +125,7 @@ __all__ = [
     "check_timeout",
     "decode_batch",
     "decode_entry",
+    "decode_records",
     "faults",
     "hookimpl",
     "hosts",

@@ -36,7 +36,7 @@ class Client:
     def __init__(
         self,
         endpoint_id: EndpointId,
-        start: Callable[[InstanceView], WatchHandle],
+        start: Callable[[InstanceView[Instance]], WatchHandle],
         down_period: float = 5.0,
         on_close: Callable[[Client], None] | None = None,
         notify: Callable[[], None] | None = None,
@@ -49,7 +49,7 @@ class Client:
         self._on_close = on_close
         self._notify = notify
         self._closed = False
-        self._view = InstanceView(Query.from_endpoint_id(endpoint_id), self._on_events)
+        self._view: InstanceView[Instance] = InstanceView(Query.from_endpoint_id(endpoint_id), self._on_events)
         self._by_key: dict[str, Instance] = {}
         self._instances: list[Instance] = []
         self._handle = start(self._view)

@@ -41,6 +41,9 @@ class Operations(Protocol[_RegT_co, _ListT_co, _WatchT_co, _ClientT_co]):
         metadata: Mapping[str, Any] | None = None,
     ) -> _RegT_co: ...
 
+    def register_model(self, endpoint_id: EndpointId | str, card: Mapping[str, Any] | bytes | str, *,
+                       lora: str | None = None) -> _RegT_co: ...
+
     def list_instances(self, query: Query | str | None = None) -> _ListT_co: ...
 
     def watch(self, query: Query | str | None = None) -> _WatchT_co: ...
@@ -177,6 +180,10 @@ class Endpoint(_Scope[RegT, ListT, WatchT, ClientT]):
     ) -> RegT:
         """Serve this endpoint (create-only; an update if this Runtime serves it already)."""
         return self.runtime.register(self.id, transport, device_type, request_plane_codec, metadata)
+
+    def register_model(self, card: Mapping[str, Any] | bytes | str, *, lora: str | None = None) -> RegT:
+        """Publish a model card served by this endpoint (``lora``: a LoRA adapter's name); see the Runtime's."""
+        return self.runtime.register_model(self.id, card, lora=lora)
 
     def client(self, down_period: float = 5.0) -> ClientT:
         """A live, watch-fed set of this endpoint's instances, with pickers."""

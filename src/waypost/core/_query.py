@@ -8,6 +8,8 @@ from ._names import EndpointId, validate_namespace, validate_segment
 
 __all__ = ["Query"]
 
+_LABELLED = frozenset({"v1/event_channels", "v1/event_sources"})
+
 
 class Query:
     """All instances, or those of one namespace, component or endpoint.
@@ -83,7 +85,20 @@ class Query:
 
     @property
     def prefix(self) -> str:
+        """The key prefix of the endpoint instances this query names."""
         return "/".join([KEY_ROOT, *self.levels]) + "/"
+
+    def prefix_of(self, bucket: str) -> str:
+        """The key prefix of this query's records in ``bucket`` (``v1/instances``, ``v1/mdc``, …).
+
+        Instances and model cards are keyed ``{bucket}/{ns}/{comp}/{ep}/…``;
+        event channels and sources ``{bucket}/namespace/{ns}/component/{comp}/endpoint/{ep}/…``.
+        """
+        if bucket in _LABELLED:
+            labelled = [part for label, level in zip(("namespace", "component", "endpoint"), self.levels,
+                                                      strict=False) for part in (label, level)]
+            return "/".join([bucket, *labelled]) + "/"
+        return "/".join([bucket, *self.levels]) + "/"
 
     def matches_key(self, key: str) -> bool:
         return key.startswith(self.prefix)

@@ -12,24 +12,25 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from ._client import Client
 from ._config import parse_choice, parse_float, parse_int, parse_url, resolve_options, resolve_url
 from ._errors import AlreadyRegistered, Closed, ConfigError, LeaseLost, WaypostError
 from ._handles import Endpoint, HandleCache, Namespace
-from ._instance import DeviceType, Instance, RequestPlaneCodec, TransportType
+from ._instance import KEY_ROOT, DeviceType, Instance, RequestPlaneCodec, TransportType
 from ._names import EndpointId
 from ._plugins import backend_class, notify, require_installed
 from ._query import Query
+from ._records import EVENT_CHANNELS, EVENT_SOURCES, MODELS, EventChannel, EventSource, ModelCard, lora_slug, model_card
 from ._spi import Backend, Capability, Lease, Option, ParsedURL, WatchHandle
 from ._watch import MAX_QUEUED, InstanceView, Watch, decode_items
 
 __all__ = ["RUNTIME_OPTIONS", "Registration", "Runtime", "connect", "random_instance_id"]
 
 _log = logging.getLogger("waypost")
-_Tracked = TypeVar("_Tracked", bound=Watch | Client)
+_Tracked = TypeVar("_Tracked", bound="Watch[Any] | Client")
 
 RUNTIME_OPTIONS = (
     Option("ttl", parse_float(0.1, 86400.0), 10.0, "lease time-to-live in seconds", env="WAYPOST_TTL"),
@@ -81,22 +82,61 @@ class _LostLease(LeaseLost):
         self.lease = lease
 
 
-class Registration:
-    """One endpoint served by a Runtime. ``unregister()`` (or leaving ``with``) removes it."""
+ENDPOINT, MODEL = "endpoint", "model"
+_Slot = tuple[str, EndpointId, str | None]  # (kind, endpoint, LoRA slug): what one registration occupies
 
-    def __init__(self, runtime: Runtime, endpoint_id: EndpointId, fields: Mapping[str, Any]) -> None:
+
+class Registration:
+    """One record a Runtime serves: an endpoint instance, or a model card of an endpoint.
+
+    ``unregister()`` (or leaving ``with``) removes it. Its record is built
+    with the Runtime's current instance id, so after a lease loss it names the
+    new lease.
+    """
+
+    def __init__(self, runtime: Runtime, endpoint_id: EndpointId, fields: Mapping[str, Any],
+                 kind: str = ENDPOINT, lora: str | None = None) -> None:
         self.runtime = runtime
         self.endpoint_id = endpoint_id
         self.fields = dict(fields)
+        self.kind = kind
+        self.lora = lora  # the LoRA adapter's slug, for a model card
+
+    @property
+    def slot(self) -> _Slot:
+        return self.kind, self.endpoint_id, self.lora
+
+    @property
+    def record(self) -> Instance | ModelCard:
+        """The registered record (an :class:`Instance` or a :class:`ModelCard`)."""
+        return self.runtime._record_for(self)
 
     @property
     def instance(self) -> Instance:
-        """The registered instance, under the Runtime's current instance id."""
-        return self.runtime._instance_for(self)
+        """The registered endpoint instance, under the Runtime's current instance id."""
+        record = self.record
+        if not isinstance(record, Instance):
+            raise AttributeError(f"{self!r} is a model card: use .model")
+        return record
+
+    @property
+    def model(self) -> ModelCard:
+        """The registered model card, under the Runtime's current instance id."""
+        record = self.record
+        if not isinstance(record, ModelCard):
+            raise AttributeError(f"{self!r} is an endpoint instance: use .instance")
+        return record
 
     @property
     def active(self) -> bool:
-        return self.runtime._registrations.get(self.endpoint_id) is self
+        return self.runtime._registrations.get(self.slot) is self
+
+    def update_taints(self, taints: Iterable[str]) -> None:
+        """Set a model card's ``runtime_config.taints`` (what Dynamo's ``update_model_taints`` does).
+
+        Watchers of models see an ``Updated`` event, as Dynamo's see ``ModelTaintsUpdated``.
+        """
+        self.runtime._update_taints(self, taints)
 
     def unregister(self) -> None:
         self.runtime._unregister(self)
@@ -109,7 +149,8 @@ class Registration:
             self.unregister()
 
     def __repr__(self) -> str:
-        return f"<Registration {self.endpoint_id} {'active' if self.active else 'removed'}>"
+        what = f"model {self.lora or '(base)'} of " if self.kind == MODEL else ""
+        return f"<Registration {what}{self.endpoint_id} {'active' if self.active else 'removed'}>"
 
 
 class Runtime:
@@ -125,10 +166,10 @@ class Runtime:
         self.max_queued = max_queued
         self._lock = threading.RLock()  # guards registrations and the lease; held across store writes
         self._handles_lock = threading.Lock()  # guards open watches; never held on I/O
-        self._registrations: dict[EndpointId, Registration] = {}
+        self._registrations: dict[_Slot, Registration] = {}
         self._pending_deletes: set[str] = set()  # keys to delete whose first delete failed
-        self._handles: HandleCache[Registration, list[Instance], Watch, Client] = HandleCache(self)
-        self._watches: set[Watch | Client] = set()
+        self._handles: HandleCache[Registration, list[Instance], Watch[Instance], Client] = HandleCache(self)
+        self._watches: set[Watch[Any] | Client] = set()
         self._last_warning: tuple[str, float] = ("", 0.0)
         self._closed = False
         self._stop = threading.Event()
@@ -150,11 +191,12 @@ class Runtime:
         return f"<Runtime {self.url.redacted} instance_id={self.instance_id:x}{' closed' if self._closed else ''}>"
 
     # handles ----------------------------------------------------------------
-    def namespace(self, name: str) -> Namespace[Registration, list[Instance], Watch, Client]:
+    def namespace(self, name: str) -> Namespace[Registration, list[Instance], Watch[Instance], Client]:
         """The namespace ``name`` (``parent.child`` for a child); the same object for the same name."""
         return self._handles.namespace(name)
 
-    def endpoint(self, endpoint_id: EndpointId | str) -> Endpoint[Registration, list[Instance], Watch, Client]:
+    def endpoint(self, endpoint_id: EndpointId | str) -> Endpoint[Registration, list[Instance], Watch[Instance],
+                                                                  Client]:
         """The endpoint named by an :class:`EndpointId` or its text (``dyn://ns.comp.ep``, ``ns/comp/ep``)."""
         return self._handles.endpoint(endpoint_id)
 
@@ -177,36 +219,54 @@ class Runtime:
         everything re-registered) and then registers; with
         ``on_lease_lost="shutdown"`` it raises :class:`LeaseLost` instead.
         """
-        endpoint_id = _endpoint_id(endpoint_id)
         fields = {"transport": transport, "device_type": device_type,
                   "request_plane_codec": request_plane_codec, "metadata": metadata}
+        registration, record = self._register((ENDPOINT, _endpoint_id(endpoint_id), None), fields)
+        _log.debug("registered %s", record)
+        notify("waypost_on_registered", runtime=self, instance=record)
+        return registration
+
+    def register_model(self, endpoint_id: EndpointId | str, card: Mapping[str, Any] | bytes | str, *,
+                       lora: str | None = None) -> Registration:
+        """Publish a model card for ``endpoint_id`` (create-only; an update if this Runtime has it already).
+
+        ``card`` is Dynamo's model deployment card (``card_json``): a mapping or
+        its JSON text, kept byte for byte. ``lora`` names a LoRA adapter (its
+        slug names the record); ``None`` is the base model. Like an instance,
+        the card is attached to the Runtime's lease, re-registered after a lease
+        loss and removed by ``unregister()`` or ``close()``.
+        """
+        slug = None if lora is None else lora_slug(lora)
+        registration, record = self._register((MODEL, _endpoint_id(endpoint_id), slug), {"card": card, "lora": lora})
+        registration.fields["card"] = record.card_json  # checked once: kept as bytes
+        _log.debug("registered model %s", record)
+        return registration
+
+    def _register(self, slot: _Slot, fields: dict[str, Any]) -> tuple[Registration, Any]:
+        """Write ``slot``'s record; after a lost lease, recover first (unless the Runtime shuts down)."""
         try:
-            registration, instance = self._register_once(endpoint_id, fields)
+            return self._register_once(slot, fields)
         except _LostLease as exc:
             # Recover outside the lock: recovery may wait for the store, and close() needs the lock.
             self._handle_lease_loss(exc.lease, str(exc))
             if self.on_lease_lost == "shutdown":
                 raise
-            registration, instance = self._register_once(endpoint_id, fields)
-        _log.debug("registered %s", instance)
-        notify("waypost_on_registered", runtime=self, instance=instance)
-        return registration
+            return self._register_once(slot, fields)
 
-    def _register_once(self, endpoint_id: EndpointId, fields: dict[str, Any]) -> tuple[Registration, Instance]:
+    def _register_once(self, slot: _Slot, fields: dict[str, Any]) -> tuple[Registration, Any]:
         with self._lock:
             self._check_open()
             lease = self.lease
-            instance = self._build_instance(endpoint_id, fields)  # validates before any store write
+            record = self._build(slot, fields)  # validates before any store write
             try:
-                return self._write_registration(endpoint_id, instance, fields), instance
+                return self._write_registration(slot, record, fields), record
             except LeaseLost as exc:
                 raise _LostLease(lease, str(exc)) from exc
 
-    def _write_registration(self, endpoint_id: EndpointId, instance: Instance,
-                            fields: dict[str, Any]) -> Registration:
-        """Store ``instance``; only once the store took it does the registration change (lock held)."""
-        key, value = instance.key, instance.to_json()
-        existing = self._registrations.get(endpoint_id)
+    def _write_registration(self, slot: _Slot, record: Instance | ModelCard, fields: dict[str, Any]) -> Registration:
+        """Store ``record``; only once the store took it does the registration change (lock held)."""
+        key, value = record.key, record.to_json()
+        existing = self._registrations.get(slot)
         if existing is not None:
             self.backend.replace(self.lease, key, value)
             existing.fields = fields
@@ -221,14 +281,41 @@ class Runtime:
             self._pending_deletes.add(key)
             raise
         self._pending_deletes.discard(key)
-        registration = self._registrations[endpoint_id] = Registration(self, endpoint_id, fields)
+        kind, endpoint_id, lora = slot
+        registration = self._registrations[slot] = Registration(self, endpoint_id, fields, kind, lora)
         return registration
 
-    def _build_instance(self, endpoint_id: EndpointId, fields: Mapping[str, Any]) -> Instance:
-        return Instance(endpoint_id.namespace, endpoint_id.component, endpoint_id.name, self.lease.id, **fields)
+    def _build(self, slot: _Slot, fields: Mapping[str, Any]) -> Instance | ModelCard:
+        kind, eid, _ = slot
+        if kind == MODEL:
+            return model_card(eid.namespace, eid.component, eid.name, self.lease.id, fields["card"], fields["lora"])
+        return Instance(eid.namespace, eid.component, eid.name, self.lease.id, **fields)
 
-    def _instance_for(self, registration: Registration) -> Instance:
-        return self._build_instance(registration.endpoint_id, registration.fields)
+    def _record_for(self, registration: Registration) -> Instance | ModelCard:
+        return self._build(registration.slot, registration.fields)
+
+    def _update_taints(self, registration: Registration, taints: Iterable[str]) -> None:
+        if registration.kind != MODEL:
+            raise ConfigError(f"{registration!r} is an endpoint instance: only model cards have taints")
+        for attempt in range(2):
+            with self._lock:
+                self._check_open()
+                if self._registrations.get(registration.slot) is not registration:
+                    raise ConfigError(f"{registration!r} is not registered any more")
+                lease = self.lease
+                card = self._build(registration.slot, registration.fields)
+                assert isinstance(card, ModelCard)
+                tainted = card.with_taints(taints)
+                try:
+                    self.backend.replace(lease, tainted.key, tainted.to_json())
+                except LeaseLost as exc:
+                    lost = _LostLease(lease, str(exc))
+                else:
+                    registration.fields["card"] = tainted.card_json
+                    return
+            self._handle_lease_loss(lost.lease, str(lost))  # outside the lock, as for register()
+            if attempt or self.on_lease_lost == "shutdown":
+                raise lost
 
     def _unregister(self, registration: Registration) -> None:
         """Forget the registration now; delete its key now, or from the keepalive thread if the store fails.
@@ -236,17 +323,22 @@ class Runtime:
         Either way it is never re-registered after a lease loss (no phantom).
         """
         with self._lock:
-            if self._registrations.get(registration.endpoint_id) is not registration:
+            if self._registrations.get(registration.slot) is not registration:
                 return
-            del self._registrations[registration.endpoint_id]
-            instance = self._instance_for(registration)
+            del self._registrations[registration.slot]
+            record = self._record_for(registration)
             if not self._closed:
                 try:
-                    self.backend.delete(self.lease, instance.key)
+                    self.backend.delete(self.lease, record.key)
                 except WaypostError as exc:
-                    self._pending_deletes.add(instance.key)
-                    _log.warning("could not delete %s now (%s); the keepalive thread retries", instance, exc)
-        notify("waypost_on_unregistered", runtime=self, instance=instance)
+                    self._pending_deletes.add(record.key)
+                    _log.warning("could not delete %s now (%s); the keepalive thread retries", record, exc)
+        self._notify_unregistered([registration])
+
+    def _notify_unregistered(self, registrations: Iterable[Registration]) -> None:
+        for registration in registrations:
+            if registration.kind == ENDPOINT:  # the observer hooks are about endpoint instances
+                notify("waypost_on_unregistered", runtime=self, instance=self._record_for(registration))
 
     def registrations(self) -> list[Registration]:
         """This Runtime's active registrations (a snapshot; it never waits for a store write)."""
@@ -255,26 +347,60 @@ class Runtime:
     # reading ------------------------------------------------------------------
     def list_instances(self, query: Query | str | None = None) -> list[Instance]:
         """Every instance matching ``query`` (a :class:`Query` or its text; default: all), sorted; one read."""
+        return self._list(KEY_ROOT, query)
+
+    def list_models(self, query: Query | str | None = None) -> list[ModelCard]:
+        """Every model card (``v1/mdc``) of the endpoints ``query`` names, sorted; one read."""
+        return self._list(MODELS, query)
+
+    def list_event_channels(self, query: Query | str | None = None) -> list[EventChannel]:
+        """Every event channel (``v1/event_channels``) scoped to what ``query`` names, sorted; one read."""
+        return self._list(EVENT_CHANNELS, query)
+
+    def list_event_sources(self, query: Query | str | None = None) -> list[EventSource]:
+        """Every event source (``v1/event_sources``) scoped to what ``query`` names, sorted; one read."""
+        return self._list(EVENT_SOURCES, query)
+
+    def _list(self, bucket: str, query: Query | str | None) -> list[Any]:
         query = Query.of(query)
         self._check_open()
-        return sorted(decode_items(self.backend.list(query.prefix), query).values(), key=str)
+        return sorted(decode_items(self.backend.list(query.prefix_of(bucket)), query, bucket).values(), key=str)
 
-    def _start_watch(self, query: Query) -> Callable[[InstanceView], WatchHandle]:
-        def start(view: InstanceView) -> WatchHandle:
-            return self.backend.watch(query.prefix, view)
+    def _start_watch(self, query: Query, bucket: str = KEY_ROOT) -> Callable[[InstanceView[Any]], WatchHandle]:
+        def start(view: InstanceView[Any]) -> WatchHandle:
+            return self.backend.watch(query.prefix_of(bucket), view)
 
         return start
 
-    def watch(self, query: Query | str | None = None, *, notify: Callable[[], None] | None = None) -> Watch:
+    def watch(self, query: Query | str | None = None, *,
+              notify: Callable[[], None] | None = None) -> Watch[Instance]:
         """Watch ``query`` (default: all): the current instances as ``Added``, then changes.
 
         ``notify`` is called from the watch's thread whenever events are ready
         (the seam for event loops; see :class:`Watch`).
         """
+        return self._watch(KEY_ROOT, query, notify)
+
+    def watch_models(self, query: Query | str | None = None, *,
+                     notify: Callable[[], None] | None = None) -> Watch[ModelCard]:
+        """Watch the model cards of ``query``: ``Added``, ``Updated`` (e.g. taints), ``Removed``."""
+        return self._watch(MODELS, query, notify)
+
+    def watch_event_channels(self, query: Query | str | None = None, *,
+                             notify: Callable[[], None] | None = None) -> Watch[EventChannel]:
+        """Watch the event channels scoped to what ``query`` names."""
+        return self._watch(EVENT_CHANNELS, query, notify)
+
+    def watch_event_sources(self, query: Query | str | None = None, *,
+                            notify: Callable[[], None] | None = None) -> Watch[EventSource]:
+        """Watch the event sources scoped to what ``query`` names."""
+        return self._watch(EVENT_SOURCES, query, notify)
+
+    def _watch(self, bucket: str, query: Query | str | None, notify: Callable[[], None] | None) -> Watch[Any]:
         query = Query.of(query)
         self._check_open()
-        return self._track(Watch(query, self._start_watch(query), on_close=self._forget, notify=notify,
-                                 max_queued=self.max_queued))
+        return self._track(Watch(query, self._start_watch(query, bucket), on_close=self._forget, notify=notify,
+                                 max_queued=self.max_queued, bucket=bucket))
 
     def client(self, endpoint_id: EndpointId | str, down_period: float = 5.0, *,
                notify: Callable[[], None] | None = None) -> Client:
@@ -293,7 +419,7 @@ class Runtime:
         closable.close()
         raise Closed(f"{self!r} closed while the watch was starting")
 
-    def _forget(self, watch: Watch | Client) -> None:
+    def _forget(self, watch: Watch[Any] | Client) -> None:
         with self._handles_lock:
             self._watches.discard(watch)
 
@@ -348,7 +474,7 @@ class Runtime:
         if self.on_lease_lost == "shutdown":
             self._shut_down_after_loss(lost, reason)
             return
-        recreated: set[EndpointId] = set()
+        recreated: set[_Slot] = set()
         while not self._stop.is_set():
             try:
                 with self._lock:
@@ -357,10 +483,10 @@ class Runtime:
                     if self.lease is lost:
                         self.lease = self.backend.grant_lease(self.ttl, preferred_id=lost.id)
                         self._pending_deletes.clear()  # those keys died with the lost lease
-                    for endpoint_id, registration in list(self._registrations.items()):
-                        if endpoint_id not in recreated:
+                    for slot, registration in list(self._registrations.items()):
+                        if slot not in recreated:
                             self._recreate(registration)
-                            recreated.add(endpoint_id)
+                            recreated.add(slot)
                     count = len(self._registrations)
                 break
             except LeaseLost:
@@ -385,19 +511,18 @@ class Runtime:
             registrations = list(self._registrations.values())
             self._registrations.clear()
         _log.error("lease %x lost (%s); shutting the Runtime down (on_lease_lost=shutdown)", lost.id, reason)
-        for registration in registrations:
-            notify("waypost_on_unregistered", runtime=self, instance=self._instance_for(registration))
+        self._notify_unregistered(registrations)
         notify("waypost_on_lease_lost", runtime=self, old_instance_id=lost.id, new_instance_id=None,
                reason=reason)
         threading.Thread(target=self.close, name="waypost-shutdown", daemon=True).start()
 
     def _recreate(self, registration: Registration) -> None:
-        instance = self._instance_for(registration)
+        record = self._record_for(registration)
         try:
-            self.backend.create(self.lease, instance.key, instance.to_json())
+            self.backend.create(self.lease, record.key, record.to_json())
         except AlreadyRegistered:
             # The key is named by the lease we were just granted: a stale copy of ours.
-            self.backend.replace(self.lease, instance.key, instance.to_json())
+            self.backend.replace(self.lease, record.key, record.to_json())
 
     # lifecycle --------------------------------------------------------------------
     def close(self) -> None:
@@ -422,8 +547,7 @@ class Runtime:
                          self.lease.id, exc, self.ttl)
         finally:
             self.backend.close()
-        for registration in registrations:
-            notify("waypost_on_unregistered", runtime=self, instance=self._instance_for(registration))
+        self._notify_unregistered(registrations)
 
     def _abandon(self) -> None:
         """Behave like a crashed process (no unregister, no revoke): see :mod:`waypost.core.faults`."""

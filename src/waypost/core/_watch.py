@@ -7,14 +7,15 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._config import check_timeout
 from ._errors import Closed, WaypostError
-from ._events import Added, Event, Interrupted, Removed, Resynced
-from ._instance import Instance, decode_batch
+from ._events import Added, Interrupted, RecordEvent, Removed, Resynced, Updated
+from ._instance import KEY_ROOT, decode_batch
 from ._plugins import notify
 from ._query import Query
+from ._records import decode_records
 
 if TYPE_CHECKING:
     from ._spi import WatchHandle
@@ -24,17 +25,25 @@ __all__ = ["MAX_QUEUED", "InstanceView", "Watch", "decode_items", "skip_value"]
 _log = logging.getLogger("waypost")
 
 
-def decode_items(items: Iterable[tuple[str, bytes]], query: Query) -> dict[str, Instance]:
-    """Decode ``(key, value)`` pairs under ``query``, skipping (with a warning) what does not decode."""
-    decoded, rejected = decode_batch(items, query.prefix)
+R = TypeVar("R")
+_Events = list[RecordEvent[Any]]
+
+
+def decode_items(items: Iterable[tuple[str, bytes]], query: Query, bucket: str = KEY_ROOT) -> dict[str, Any]:
+    """Decode the ``bucket`` records under ``query``, skipping (with a warning) what does not decode."""
+    prefix = query.prefix_of(bucket)
+    if bucket == KEY_ROOT:
+        decoded, rejected = decode_batch(items, prefix)
+    else:
+        decoded, rejected = decode_records(bucket, items, prefix)
     for bad in rejected:
         # Another Dynamo record kind (e.g. a Model) is expected, not worth a warning.
         skip_value(bad.key, bad.value, bad.reason, quietly=bad.foreign)
     return decoded
 
 
-def decode_or_warn(key: str, value: bytes, query: Query) -> Instance | None:
-    return decode_items(((key, value),), query).get(key)
+def decode_or_warn(key: str, value: bytes, query: Query, bucket: str = KEY_ROOT) -> Any:
+    return decode_items(((key, value),), query, bucket).get(key)
 
 
 def skip_value(key: str, value: bytes, reason: str, *, quietly: bool = False) -> None:
@@ -66,28 +75,43 @@ def _first_sighting(key: str, value: bytes) -> bool:
         return True
 
 
-class InstanceView:
-    """The WatchSink of the core: keeps the current instances and emits events.
+class InstanceView(Generic[R]):
+    """The WatchSink of the core: keeps the current records of one bucket and emits events.
 
     ``deliver`` receives each batch of events, in order, under the view's lock,
     so batches never interleave. An ``Interrupted`` is emitted once per outage
     and the outage lasts until the next ``reset`` (a re-list) or ``resumed``.
+    A changed endpoint instance is an ``Added`` (an upsert, as Dynamo has it);
+    a changed record of another kind an ``Updated``.
     """
 
-    def __init__(self, query: Query, deliver: Callable[[list[Event]], None]) -> None:
+    def __init__(self, query: Query, deliver: Callable[[_Events], None], bucket: str = KEY_ROOT) -> None:
         self.query = query
+        self.bucket = bucket
+        self._updates = bucket != KEY_ROOT
         self._deliver = deliver
         self._lock = threading.Lock()
-        self._instances: dict[str, Instance] = {}
+        self._instances: dict[str, R] = {}
         self._raw: dict[str, bytes] = {}  # the stored value of each instance: unchanged values are not decoded again
         self._interruption: str | None = None  # the outage in progress, if any
         self.error: BaseException | None = None
 
-    def instances(self) -> list[Instance]:
+    def instances(self) -> list[R]:
         with self._lock:
             return sorted(self._instances.values(), key=str)
 
-    def with_state(self, use: Callable[[Mapping[str, Instance], str | None], None]) -> None:
+    def changes(self, old: Mapping[str, R], new: Mapping[str, R]) -> _Events:
+        """The events from ``old`` to ``new``: removals, then additions and changes, each by key."""
+        events: _Events = [Removed(value) for key, value in sorted(old.items()) if key not in new]
+        for key, value in sorted(new.items()):
+            before = old.get(key)
+            if before is None:
+                events.append(Added(value))
+            elif before != value:
+                events.append(Updated(value, before) if self._updates else Added(value))
+        return events
+
+    def with_state(self, use: Callable[[Mapping[str, R], str | None], None]) -> None:
         """Call ``use(instances by key, outage in progress)`` with no change delivered meanwhile."""
         with self._lock:
             use(self._instances, self._interruption)
@@ -96,26 +120,24 @@ class InstanceView:
     def reset(self, items: Iterable[tuple[str, bytes]], reason: str | None) -> None:
         fresh, raw = self._decode_state(items)
         with self._lock:
-            events: list[Event] = [Removed(old) for key, old in sorted(self._instances.items()) if key not in fresh]
-            events += [Added(new) for key, new in sorted(fresh.items()) if self._instances.get(key) != new]
+            events = self.changes(self._instances, fresh)
             self._instances, self._raw = fresh, raw
             notice = None
             if reason is not None:
                 self._interruption = None
-                removed = sum(isinstance(e, Removed) for e in events)
-                notice = Resynced(reason, len(events) - removed, removed)
+                notice = _notice(reason, events)
                 events.append(notice)
             if events:
                 self._deliver(events)
         if notice is not None:
             self._report_resync(notice)
 
-    def _decode_state(self, items: Iterable[tuple[str, bytes]]) -> tuple[dict[str, Instance], dict[str, bytes]]:
+    def _decode_state(self, items: Iterable[tuple[str, bytes]]) -> tuple[dict[str, R], dict[str, bytes]]:
         # Stores that answer with whole states (Consul, a polled directory) repeat mostly unchanged
         # values: reuse what they decoded to before instead of decoding every value again.
         with self._lock:
             known, known_raw = self._instances, self._raw
-        fresh: dict[str, Instance] = {}
+        fresh: dict[str, R] = {}
         raw: dict[str, bytes] = {}
         changed: dict[str, bytes] = {}
         for key, value in items:
@@ -124,7 +146,7 @@ class InstanceView:
                 fresh[key], raw[key] = old, value
             else:
                 changed[key] = value
-        for key, instance in decode_items(changed.items(), self.query).items():
+        for key, instance in decode_items(changed.items(), self.query, self.bucket).items():
             fresh[key], raw[key] = instance, changed[key]
         return fresh, raw
 
@@ -138,20 +160,21 @@ class InstanceView:
         with self._lock:
             if self._raw.get(key) == value:
                 return  # unchanged (a repeated notification)
-        instance = decode_or_warn(key, value, self.query)
+        record = decode_or_warn(key, value, self.query, self.bucket)
         with self._lock:
-            if instance is None:
-                # A foreign value replaced an instance we knew: it is gone as an instance.
+            if record is None:
+                # A foreign value replaced a record we knew: it is gone as a record.
                 self._raw.pop(key, None)
                 old = self._instances.pop(key, None)
                 if old is not None:
                     self._deliver([Removed(old)])
                 return
             self._raw[key] = value
-            if self._instances.get(key) == instance:
+            before = self._instances.get(key)
+            if before == record:
                 return
-            self._instances[key] = instance
-            self._deliver([Added(instance)])
+            self._instances[key] = record
+            self._deliver(self.changes({key: before} if before is not None else {}, {key: record}))
 
     def delete(self, key: str) -> None:
         with self._lock:
@@ -190,7 +213,17 @@ class InstanceView:
 MAX_QUEUED = 4096
 
 
-class Watch:
+def _key(record: Any) -> str:
+    key: str = record.key  # every record kind knows its store key
+    return key
+
+
+def _notice(reason: str, events: _Events) -> Resynced:
+    counts = {kind: sum(isinstance(e, kind) for e in events) for kind in (Added, Removed, Updated)}
+    return Resynced(reason, counts[Added], counts[Removed], counts[Updated])
+
+
+class Watch(Generic[R]):
     """Events for a query: the snapshot as ``Added`` events, then live changes.
 
     Iterate it (blocking), or poll with :meth:`get`. A context manager; closing
@@ -204,24 +237,25 @@ class Watch:
     events were queued or the watch ended: the seam the asyncio twin uses.
     """
 
-    def __init__(self, query: Query, start: Callable[[InstanceView], WatchHandle],
-                 on_close: Callable[[Watch], None] | None = None, *,
-                 notify: Callable[[], None] | None = None, max_queued: int = MAX_QUEUED) -> None:
+    def __init__(self, query: Query, start: Callable[[InstanceView[R]], WatchHandle],
+                 on_close: Callable[[Watch[R]], None] | None = None, *,
+                 notify: Callable[[], None] | None = None, max_queued: int = MAX_QUEUED,
+                 bucket: str = KEY_ROOT) -> None:
         self.query = query
         self._cond = threading.Condition()
-        self._queue: deque[Event] = deque()
+        self._queue: deque[RecordEvent[R]] = deque()
         self._max_queued = max_queued
         self._lagging = False  # the backlog was dropped: the next get() catches up
-        self._consumed: dict[str, Instance] = {}  # what the events handed out so far add up to
+        self._consumed: dict[str, R] = {}  # what the events handed out so far add up to
         self._ended = False
         self._notify = notify
-        self._view = InstanceView(query, self._enqueue)
+        self._view: InstanceView[R] = InstanceView(query, self._enqueue, bucket)
         self._on_close = on_close
         self._closed = False
         self._close_lock = threading.Lock()
         self._handle = start(self._view)
 
-    def _enqueue(self, events: list[Event]) -> None:
+    def _enqueue(self, events: _Events) -> None:
         # Called under the view's lock, in order.
         with self._cond:
             if not self._lagging:
@@ -237,11 +271,11 @@ class Watch:
             self._notify()
 
     @property
-    def instances(self) -> list[Instance]:
+    def instances(self) -> list[R]:
         """The watcher's current view, sorted (it may be ahead of the events consumed so far)."""
         return self._view.instances()
 
-    def get(self, timeout: float | None = None) -> Event | None:
+    def get(self, timeout: float | None = None) -> RecordEvent[R] | None:
         """Next event, or ``None`` if none came within ``timeout`` seconds (``None``: wait for one).
 
         Raises :class:`Closed` once the watch is closed and drained, or the
@@ -261,26 +295,22 @@ class Watch:
                     return self._hand_out(self._queue.popleft())
             self._catch_up()
 
-    def _hand_out(self, event: Event) -> Event:
-        if isinstance(event, Added):
-            self._consumed[event.instance.key] = event.instance
+    def _hand_out(self, event: RecordEvent[R]) -> RecordEvent[R]:
+        if isinstance(event, Added | Updated):
+            self._consumed[_key(event.instance)] = event.instance
         elif isinstance(event, Removed):
-            self._consumed.pop(event.instance.key, None)
+            del self._consumed[_key(event.instance)]
         return event
 
     def _catch_up(self) -> None:
         """Queue the minimal diff from what the consumer has to the current view, then ``Resynced``."""
 
-        def diff(current: Mapping[str, Instance], outage: str | None) -> None:
+        def diff(current: Mapping[str, R], outage: str | None) -> None:
             with self._cond:
                 if not self._lagging:
                     return
-                known = self._consumed
-                events: list[Event] = [Removed(old) for key, old in sorted(known.items()) if key not in current]
-                removed = len(events)
-                events += [Added(new) for key, new in sorted(current.items()) if known.get(key) != new]
-                notice = Resynced(f"the consumer fell behind by more than {self._max_queued} events",
-                                  len(events) - removed, removed)
+                events = self._view.changes(self._consumed, current)
+                notice = _notice(f"the consumer fell behind by more than {self._max_queued} events", events)
                 self._queue.extend([*events, notice, *([Interrupted(outage)] if outage else [])])
                 self._lagging = False
             self._view._report_resync(notice)
@@ -295,7 +325,7 @@ class Watch:
             raise error
         raise WaypostError(f"watch {self.query} failed: {error}") from error
 
-    def wait_for(self, predicate: Callable[[Event], bool], timeout: float) -> Event | None:
+    def wait_for(self, predicate: Callable[[RecordEvent[R]], bool], timeout: float) -> RecordEvent[R] | None:
         """Consume events until one satisfies ``predicate``; ``None`` on timeout."""
         deadline = check_timeout(timeout, "timeout")
         while True:
@@ -306,7 +336,7 @@ class Watch:
             if event is not None and predicate(event):
                 return event
 
-    def __iter__(self) -> Iterator[Event]:
+    def __iter__(self) -> Iterator[RecordEvent[R]]:
         while True:
             try:
                 event = self.get()
@@ -335,7 +365,7 @@ class Watch:
     def closed(self) -> bool:
         return self._closed
 
-    def __enter__(self) -> Watch:
+    def __enter__(self) -> Watch[R]:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

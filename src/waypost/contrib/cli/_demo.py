@@ -27,7 +27,7 @@ from typing import Any
 import click
 
 import waypost
-from waypost import Added, Capability, Query, Removed
+from waypost import Added, Capability, Instance, Query, Removed
 from waypost.core import backend_class, parse_url, resolve_url
 
 from . import _format
@@ -87,7 +87,7 @@ class Demo:
         self.run_id = uuid.uuid4().hex[:8]
         self.count = workers
         self.workers: list[_Worker] = []
-        self.watch: waypost.Watch | None = None
+        self.watch: waypost.Watch[Instance] | None = None
 
     # the story ------------------------------------------------------------------------
     def run(self) -> dict[str, float]:
@@ -150,7 +150,7 @@ class Demo:
             if isinstance(event, Added | Removed):
                 self._on_event(event)
 
-    def _on_event(self, event: Added | Removed) -> None:
+    def _on_event(self, event: Added[Instance] | Removed[Instance]) -> None:
         instance = event.instance
         metadata = instance.metadata or {}
         worker = next((w for w in self.workers if w.name == metadata.get("worker")), None)

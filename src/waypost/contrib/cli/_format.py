@@ -7,10 +7,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from waypost import Added, Event, Instance, Interrupted, Removed, Resynced
+from waypost import Added, EventChannel, Instance, Interrupted, ModelCard, RecordEvent, Removed, Resynced, Updated
 
-__all__ = ["clock", "event_json", "event_line", "instance_table", "json_line", "printable", "short_id",
-           "transport_text"]
+__all__ = ["clock", "event_json", "event_line", "instance_table", "json_line", "model_table", "printable",
+           "record_json", "short_id", "transport_text"]
 
 INSTANCE_HEADERS = ("NAMESPACE", "COMPONENT", "ENDPOINT", "INSTANCE", "TRANSPORT", "DEVICE", "METADATA")
 
@@ -75,31 +75,77 @@ def json_line(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def event_json(event: Event, now: float | None = None) -> dict[str, Any]:
-    """An event as a JSON object: ``{"time": …, "event": "added", "instance": {…}}``."""
+def record_json(record: Any) -> dict[str, Any]:
+    """A record as JSON data: an instance as :meth:`~waypost.Instance.to_dict`, another kind as Dynamo stores it."""
+    if isinstance(record, Instance):
+        return record.to_dict()
+    value: dict[str, Any] = json.loads(record.to_json())
+    return value
+
+
+def event_json(event: RecordEvent[Any], now: float | None = None) -> dict[str, Any]:
+    """An event as a JSON object: ``{"time": …, "event": "added", "key": …, "instance": {…}}``.
+
+    Records of every kind sit under ``"instance"`` (the events' field name);
+    an ``updated`` event also carries ``"previous"``.
+    """
     now = time.time() if now is None else now
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
     body: dict[str, Any] = {"time": stamp, "event": type(event).__name__.lower()}
-    if isinstance(event, Added | Removed):
+    if isinstance(event, Added | Updated | Removed):
         body["key"] = event.instance.key
-        body["instance"] = event.instance.to_dict()
+        body["instance"] = record_json(event.instance)
+        if isinstance(event, Updated):
+            body["previous"] = record_json(event.previous)
     elif isinstance(event, Resynced):
-        body.update(reason=event.reason, added=event.added, removed=event.removed)
+        body.update(reason=event.reason, added=event.added, removed=event.removed, updated=event.updated)
     else:
         body["reason"] = event.reason
     return body
 
 
-def event_line(event: Event, now: float | None = None) -> str:
-    """One human-readable line: ``14:03:07.512  + dynamo/backend/generate  3fa2…  tcp:…``."""
+def _summary(record: Any, detailed: bool) -> str:
+    """``dynamo/backend/generate  3fa2…  tcp:…`` for an instance; the model or topic for other kinds."""
+    if isinstance(record, Instance):
+        where = f"{record.namespace}/{record.component}/{record.endpoint}"
+        extra = f"  {_compact(record.metadata)}" if record.metadata and detailed else ""
+        return f"{where}  {short_id(record.instance_id)}  {transport_text(record)}{extra}"
+    if isinstance(record, ModelCard):
+        where = f"{record.namespace}/{record.component}/{record.endpoint}"
+        lora = f"  lora={record.lora}" if record.lora else ""
+        taints = f"  taints={','.join(record.taints)}" if record.taints else ""
+        return printable(f"{where}  {short_id(record.instance_id)}  model={_model_name(record)}{lora}{taints}")
+    publisher = record.instance_id if isinstance(record, EventChannel) else record.publisher_id
+    where = "/".join(part for part in (record.namespace, record.component, record.endpoint) if part)
+    address = f"  {record.address}" if isinstance(record, EventChannel) and record.address else ""
+    return printable(f"{where}  topic={record.topic}  {short_id(publisher)}{address}")
+
+
+def _model_name(card: ModelCard) -> str:
+    return card.display_name or card.slug or "?"
+
+
+def event_line(event: RecordEvent[Any], now: float | None = None) -> str:
+    """One human-readable line: ``14:03:07.512  + dynamo/backend/generate  3fa2…  tcp:…``.
+
+    ``+`` added, ``*`` updated, ``-`` removed, ``~`` resynced, ``!`` interrupted.
+    """
     stamp = clock(now)
-    if isinstance(event, Added | Removed):
-        sign = "+" if isinstance(event, Added) else "-"
-        instance = event.instance
-        where = f"{instance.namespace}/{instance.component}/{instance.endpoint}"
-        extra = f"  {_compact(instance.metadata)}" if instance.metadata and isinstance(event, Added) else ""
-        return f"{stamp}  {sign} {where}  {short_id(instance.instance_id)}  {transport_text(instance)}{extra}"
+    if isinstance(event, Added | Updated | Removed):
+        sign = "+" if isinstance(event, Added) else "*" if isinstance(event, Updated) else "-"
+        return f"{stamp}  {sign} {_summary(event.instance, not isinstance(event, Removed))}"
     if isinstance(event, Resynced):
-        return f"{stamp}  ~ resynced ({printable(event.reason)}): {event.added} added, {event.removed} removed"
+        updated = f", {event.updated} updated" if event.updated else ""
+        return (f"{stamp}  ~ resynced ({printable(event.reason)}): {event.added} added, "
+                f"{event.removed} removed{updated}")
     assert isinstance(event, Interrupted)
     return f"{stamp}  ! interrupted: {printable(event.reason)}"
+
+
+MODEL_HEADERS = ("NAMESPACE", "COMPONENT", "ENDPOINT", "INSTANCE", "MODEL", "LORA", "TYPE", "TAINTS")
+
+
+def model_table(cards: Sequence[ModelCard]) -> str:
+    rows = [(c.namespace, c.component, c.endpoint, short_id(c.instance_id), printable(_model_name(c)),
+             c.lora or "-", printable(c.model_type or "-"), printable(",".join(c.taints)) or "-") for c in cards]
+    return table(MODEL_HEADERS, rows)

@@ -816,7 +816,7 @@ class _Sink:
         self.calls.append(("failed", error))
 
 
-def _drain(watch: waypost.Watch) -> Iterator[waypost.Event]:
+def _drain(watch: waypost.Watch[Any]) -> Iterator[waypost.Event]:
     while (event := watch.get(timeout=0)) is not None:
         yield event
 
