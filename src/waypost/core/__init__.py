@@ -8,7 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import faults
 from ._config import (
+    Setting,
     check_timeout,
+    explain_options,
+    explain_url,
     parse_bool,
     parse_choice,
     parse_float,
@@ -54,7 +57,7 @@ from ._plugins import (
     unregister_plugin,
 )
 from ._runtime import RUNTIME_OPTIONS, random_instance_id
-from ._spi import Backend, Capability, Lease, Option, ParsedURL, WatchHandle, WatchSink
+from ._spi import Backend, Capability, Env, Lease, Option, ParsedURL, URLEnv, WatchHandle, WatchSink
 from ._watch import skip_value
 
 if TYPE_CHECKING:  # imported on first use (PEP 562): `import waypost` needs neither the kit nor pluggy
@@ -97,6 +100,7 @@ __all__ = [
     "Closed",
     "CodecError",
     "ConfigError",
+    "Env",
     "HandleCache",
     "HostPort",
     "InvalidName",
@@ -112,8 +116,10 @@ __all__ = [
     "RUNTIME_OPTIONS",
     "Rejected",
     "Resync",
+    "Setting",
     "Silent",
     "TLSFiles",
+    "URLEnv",
     "WatchHandle",
     "WatchLoop",
     "WatchRegistry",
@@ -123,6 +129,8 @@ __all__ = [
     "check_timeout",
     "decode_batch",
     "decode_entry",
+    "explain_options",
+    "explain_url",
     "faults",
     "hookimpl",
     "hosts",
