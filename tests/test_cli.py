@@ -161,6 +161,52 @@ def test_doctor_reports_a_working_store(url: str) -> None:
     assert list(Path(url.removeprefix("file://"), "v1", "instances").iterdir()) == []
 
 
+def _settings(stdout: str) -> dict[str, list[str]]:
+    """The doctor's settings table: name -> [value, source words…]."""
+    lines = stdout.split("settings (keyword > URL > WAYPOST_* > Dynamo's > the tool's > default):\n")[1]
+    rows = [line.split() for line in lines.splitlines()[1:] if line.startswith("  ")]
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_doctor_prints_every_setting_with_its_source(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WAYPOST_URL", raising=False)
+    monkeypatch.setenv("WAYPOST_TTL", "3")
+    result = CliRunner().invoke(cli, ["doctor", f"{url}?poll_interval=0.5"])
+    assert result.exit_code == 0, result.output
+    rows = _settings(result.stdout)
+    assert rows["ttl"] == ["3.0", "env", "WAYPOST_TTL"]
+    assert rows["poll_interval"] == ["0.5", "URL", "query"]
+    assert rows["stale_after"] == ["-", "default"]
+    assert rows["on_lease_lost"] == ["reregister", "default"]
+    assert "hosts" not in rows  # only backends with a URLEnv have hosts to fill in
+    from_env = CliRunner().invoke(cli, ["doctor"], env={"WAYPOST_URL": url})
+    assert f"URL: {url}  (from env WAYPOST_URL)" in from_env.stdout
+
+
+def test_doctor_masks_secrets_and_shows_where_hosts_came_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "9a8b7c6d-secret-token"
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", secret)
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", "127.0.0.1:1")
+    result = CliRunner().invoke(cli, ["doctor", "consul://?timeout=0.2"])
+    assert result.exit_code == 1  # nothing listens there
+    assert secret not in result.output
+    rows = _settings(result.stdout)
+    assert rows["token"] == ["***", "env", "CONSUL_HTTP_TOKEN"]
+    assert rows["hosts"] == ["127.0.0.1:1", "env", "CONSUL_HTTP_ADDR"]
+    assert rows["tls"] == ["false", "URL"]
+    assert rows["timeout"] == ["0.2", "URL", "query"]
+    assert "URL: consul://127.0.0.1:1  (from argument)" in result.stdout
+    assert "[FAIL] connect" in result.stdout
+
+
+def test_doctor_reports_a_bad_variable_and_exits_1(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WAYPOST_TTL", "soon")
+    result = CliRunner().invoke(cli, ["doctor", url])
+    assert result.exit_code == 1
+    assert "ConfigError: invalid environment variable WAYPOST_TTL='soon'" in result.stdout
+    assert "[FAIL] connect" in result.stdout
+
+
 def test_doctor_exits_1_on_a_broken_store(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     result = CliRunner().invoke(cli, ["doctor", "--url", f"file://{tmp_path}/afile"])

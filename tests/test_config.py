@@ -7,7 +7,7 @@ import logging
 import pytest
 
 import waypost
-from waypost.core import Option, parse_float, parse_url, resolve_options, resolve_url
+from waypost.core import Option, explain_options, parse_float, parse_url, resolve_options, resolve_url
 
 
 def test_parse_url_parts_and_redaction() -> None:
@@ -37,11 +37,13 @@ def test_relative_dyn_file_kv_becomes_absolute(monkeypatch: pytest.MonkeyPatch, 
     assert resolve_url(None, {"DYN_FILE_KV": "kv"}) == f"file://{tmp_path}/kv"
 
 
-def test_backend_env_then_generic_env_for_ttl() -> None:
+def test_waypost_env_then_the_backend_env_for_ttl() -> None:
     declared = [Option("ttl", parse_float(1, 100), 10.0, env="WAYPOST_TTL")]
     env_names = {"ttl": "ETCD_LEASE_TTL"}
     assert resolve_options(declared, {}, {}, {"WAYPOST_TTL": "4"}, env_names)["ttl"] == 4.0
-    assert resolve_options(declared, {}, {}, {"WAYPOST_TTL": "4", "ETCD_LEASE_TTL": "6"}, env_names)["ttl"] == 6.0
+    assert resolve_options(declared, {}, {}, {"ETCD_LEASE_TTL": "6"}, env_names)["ttl"] == 6.0
+    # waypost's own variable beats Dynamo's (it was the other way round before the precedence table)
+    assert resolve_options(declared, {}, {}, {"WAYPOST_TTL": "4", "ETCD_LEASE_TTL": "6"}, env_names)["ttl"] == 4.0
 
 
 def test_bad_url_error_never_shows_the_password() -> None:
@@ -56,6 +58,9 @@ def test_bad_url_error_never_shows_the_password() -> None:
     ({"DYN_DISCOVERY_BACKEND": "etcd"}, "etcd://127.0.0.1:2379"),
     ({"DYN_DISCOVERY_BACKEND": "etcd", "ETCD_ENDPOINTS": "http://a:1,http://b:2"}, "etcd://a:1,b:2"),
     ({"DYN_DISCOVERY_BACKEND": "etcd", "ETCD_ENDPOINTS": "https://a:1"}, "etcds://a:1"),
+    ({"DYN_DISCOVERY_BACKEND": "etcd", "ETCDCTL_ENDPOINTS": "c:3"}, "etcd://c:3"),
+    ({"DYN_DISCOVERY_BACKEND": "etcd", "ETCD_ENDPOINTS": "a:1", "ETCDCTL_ENDPOINTS": "c:3"}, "etcd://a:1"),
+    ({"ETCD_ENDPOINTS": "http://a:1", "CONSUL_HTTP_ADDR": "c:1"}, "file://"),  # they never choose the backend
     ({"DYN_DISCOVERY_BACKEND": "file", "DYN_FILE_KV": "/srv/kv"}, "file:///srv/kv"),
     ({"DYN_FILE_KV": "/srv/kv"}, "file:///srv/kv"),
     ({"DYN_FILE_KV": "/tmp/a%41b c"}, "file:///tmp/a%2541b%20c"),
@@ -77,6 +82,18 @@ def test_option_precedence_kwarg_over_query_over_env_over_default() -> None:
     assert resolve_options(declared, {}, {}, {"TTL_ENV": "3"})["ttl"] == 3.0
     assert resolve_options(declared, {}, {"ttl": "4"}, {"TTL_ENV": "3"})["ttl"] == 4.0
     assert resolve_options(declared, {"ttl": 5}, {"ttl": "4"}, {"TTL_ENV": "3"})["ttl"] == 5.0
+
+
+def test_option_precedence_across_every_tier_with_its_source() -> None:
+    # keyword > URL > waypost's own variable > Dynamo's > the tool's > default
+    declared = [Option("t", parse_float(0, 100), 1.0, env=("WAYPOST_T", "DYN_T", "TOOL_T"))]
+    env = {"WAYPOST_T": "4", "DYN_T": "3", "TOOL_T": "2"}
+    tiers = [({"t": 6}, {"t": "5"}, env, 6.0, "keyword"), ({}, {"t": "5"}, env, 5.0, "URL query"),
+             ({}, {}, env, 4.0, "env WAYPOST_T"), ({}, {}, {"DYN_T": "3", "TOOL_T": "2"}, 3.0, "env DYN_T"),
+             ({}, {}, {"TOOL_T": "2", "DYN_T": ""}, 2.0, "env TOOL_T"), ({}, {}, {}, 1.0, "default")]
+    for kwargs, query, environ, value, source in tiers:
+        setting = explain_options(declared, kwargs, query, environ)["t"]
+        assert (setting.value, setting.source) == (value, source)
 
 
 def test_bad_and_unknown_options_name_what_is_allowed() -> None:

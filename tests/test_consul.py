@@ -229,8 +229,8 @@ def test_declared_options_and_capabilities() -> None:
     from waypost.backends.consul import ConsulBackend
 
     names = {o.name for o in ConsulBackend.options}
-    assert names == {"timeout", "token", "ca_cert", "client_cert", "client_key", "prefix", "dc", "consistency",
-                     "watch_wait"}
+    assert names == {"timeout", "token", "ca_cert", "client_cert", "client_key", "tls_verify", "tls_server_name",
+                     "prefix", "dc", "consistency", "watch_wait"}
     assert [o.name for o in ConsulBackend.options if o.secret] == ["token"]
     assert waypost.Capability.WATCH_HISTORY not in ConsulBackend.capabilities
     assert ConsulBackend.__doc__ is not None

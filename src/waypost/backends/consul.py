@@ -4,10 +4,17 @@ URL grammar
     ``consul://host[:port][?option=value&…]``: the HTTP API of one Consul
     agent (usually the local client agent, which forwards to the servers).
     The default port is 8500; ``consuls://`` speaks HTTPS and defaults to
-    8501; ``consul://`` alone means ``127.0.0.1:8500``. The URL carries no credentials: the ACL token is the ``token``
-    option (or ``CONSUL_HTTP_TOKEN``), never ``user:password@``.
+    8501. A URL naming no host (``consul://``, ``consul://?dc=dc2``) takes the
+    agent from ``CONSUL_HTTP_ADDR`` (``[http(s)://]host[:port]``, as the
+    ``consul`` command reads it; ``https://`` or ``CONSUL_HTTP_SSL=true`` turn
+    ``consul://`` into ``consuls://``; a missing port is 8500 or 8501, not the
+    443 the ``consul`` command would use after ``https://``; ``unix://``
+    sockets are refused), else it is ``127.0.0.1``. A URL naming a host keeps
+    its scheme whatever the variables say. The URL carries no credentials:
+    the ACL token is the ``token`` option (or ``CONSUL_HTTP_TOKEN_FILE``,
+    ``CONSUL_HTTP_TOKEN``), never ``user:password@``.
 
-Options (keyword > URL query > environment > default)
+Options (keyword > URL query > ``WAYPOST_*`` > Consul's ``CONSUL_*`` > default)
     ``ttl``
         lease time-to-live in seconds (default 10). It becomes the Consul
         session TTL. Consul refuses TTLs below the agent's ``session_ttl_min``,
@@ -17,15 +24,26 @@ Options (keyword > URL query > environment > default)
         seconds any single HTTP call may take before
         :class:`~waypost.BackendUnavailable` (default 5).
     ``token``
-        ACL token (env ``CONSUL_HTTP_TOKEN``), sent as ``X-Consul-Token``;
-        never shown in ``repr``, logs or errors. A request the ACLs deny is an
-        :class:`~waypost.AuthenticationError`.
+        ACL token (env ``CONSUL_HTTP_TOKEN_FILE``, a file holding it, then
+        ``CONSUL_HTTP_TOKEN``: the file wins, as with the ``consul`` command;
+        an unreadable file is an error naming the file), sent as
+        ``X-Consul-Token``; never shown in ``repr``, logs or errors. A request
+        the ACLs deny is an :class:`~waypost.AuthenticationError`.
     ``ca_cert``, ``client_cert``, ``client_key``
         PEM files (env ``CONSUL_CACERT``, ``CONSUL_CLIENT_CERT``,
         ``CONSUL_CLIENT_KEY``): the CA that signed the agent's certificate
         (default: the system's roots) and a client certificate and key for
         ``verify_incoming_https``. They need ``consuls://``. (``cert_cert``
         and ``cert_key`` are their former names.)
+    ``tls_verify``
+        ``false`` (env ``CONSUL_HTTP_SSL_VERIFY=false``) skips verifying the
+        agent's certificate *and* its name: anyone on the path can then
+        impersonate the agent and read the token. Default ``true``; ignored
+        without TLS.
+    ``tls_server_name``
+        the name sent as SNI and checked against the agent's certificate
+        instead of the URL's host (env ``CONSUL_TLS_SERVER_NAME``), for an
+        agent addressed by IP or through a tunnel. Ignored without TLS.
     ``prefix``
         key prefix (default empty, so keys are exactly Dynamo's
         ``v1/instances/…``); a ``/`` is appended when missing. (``root`` is
@@ -133,6 +151,7 @@ from waypost.core import (
     Backoff,
     Capability,
     ConfigError,
+    Env,
     Lease,
     LeaseLost,
     Option,
@@ -140,12 +159,14 @@ from waypost.core import (
     Resync,
     Silent,
     TLSFiles,
+    URLEnv,
     WatchHandle,
     WatchLoop,
     WatchRegistry,
     WatchSink,
     WaypostError,
     hosts,
+    parse_bool,
     parse_choice,
     parse_float,
     parse_str,
@@ -176,8 +197,13 @@ _FENCE_MAX = 1.0  # longest a write waits for this process's watches to see it
 
 OPTIONS = (
     Option("timeout", parse_float(0.1, 3600.0), 5.0, "seconds a single Consul HTTP call may take"),
-    Option("token", parse_str, None, "ACL token", env="CONSUL_HTTP_TOKEN", secret=True),
+    Option("token", parse_str, None, "ACL token",
+           env=(Env("CONSUL_HTTP_TOKEN_FILE", file=True), "CONSUL_HTTP_TOKEN"), secret=True),
     *tls_options(ca_env="CONSUL_CACERT", cert_env="CONSUL_CLIENT_CERT", key_env="CONSUL_CLIENT_KEY"),
+    Option("tls_verify", parse_bool, True, "verify the agent's certificate and name (false: skip; insecure)",
+           env="CONSUL_HTTP_SSL_VERIFY"),
+    Option("tls_server_name", parse_str, None, "name sent as SNI and verified in the agent's certificate "
+           "(default: the URL's host)", env="CONSUL_TLS_SERVER_NAME"),
     prefix_option(help="key prefix (default none: keys are exactly Dynamo's v1/instances/...)"),
     Option("dc", parse_str, None, "datacenter (default: the agent's)"),
     Option("consistency", parse_choice("default", "consistent", "stale"), "default",
@@ -185,6 +211,8 @@ OPTIONS = (
     Option("watch_wait", parse_float(0.1, 600.0), None,
            "seconds a watch's blocking query waits for a change (default: max(ttl, 1)/2, at most 5)"),
 )
+# A URL naming no host: the agent the consul command would use.
+URL_ENV = URLEnv(hosts=("CONSUL_HTTP_ADDR",), tls=("CONSUL_HTTP_SSL",), tls_scheme="consuls")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,6 +227,8 @@ class _Settings:
     timeout: float
     token: str | None = field(repr=False)
     tls: TLSFiles | None
+    verify: bool  # the agent's certificate and name (with TLS)
+    server_name: str | None  # SNI and the name verified, instead of host (with TLS)
     prefix: str
     dc: str | None
     consistency: str
@@ -216,6 +246,7 @@ class _Settings:
         return cls(
             scheme=url.scheme, host=address.host, port=address.port, timeout=options["timeout"],
             token=options["token"] or None, tls=tls_files(url, options, tls=url.scheme == "consuls"),
+            verify=options["tls_verify"], server_name=options["tls_server_name"] or None,
             prefix=options["prefix"], dc=options["dc"], consistency=options["consistency"],
             watch_wait=options["watch_wait"],
         )
@@ -228,7 +259,7 @@ class _Settings:
     @property
     def agent(self) -> tuple[Any, ...]:
         """What identifies a connection pool: the agent and how we talk to it (not the token)."""
-        return self.scheme, self.host, self.port, self.tls, self.timeout
+        return self.scheme, self.host, self.port, self.tls, self.verify, self.server_name, self.timeout
 
     def headers(self) -> dict[str, str]:
         return {"X-Consul-Token": self.token} if self.token else {}
@@ -270,12 +301,15 @@ class _Pool:
         # py-consul adds a blocking query's wait to the read timeout; ``read_margin`` is the rest.
         self._client: Any = consul.Consul(
             host=settings.host, port=settings.port, scheme="https" if tls else "http",
-            verify=(tls.ca_cert or True) if tls else True, cert=tls.client_pair if tls else None,
-            connections_timeout=read_margin or settings.timeout)
+            verify=(settings.verify and (tls.ca_cert or True)) if tls else True,
+            cert=tls.client_pair if tls else None, connections_timeout=read_margin or settings.timeout)
         self._client.token = None  # py-consul would send CONSUL_HTTP_TOKEN itself; tokens are per call here
         session = self._client.http.session
         for prefix in ("http://", "https://"):
-            session.mount(prefix, HTTPAdapter(pool_connections=1, pool_maxsize=size, pool_block=True))
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=size, pool_block=True)
+            if tls and settings.server_name and prefix == "https://":  # urllib3 sends and checks this name
+                adapter.poolmanager.connection_pool_kw["server_hostname"] = settings.server_name
+            session.mount(prefix, adapter)
         self._abort = _track_connections(session) if interruptible else None
 
     def call(self, method: str, path: str, what: str, *, headers: Mapping[str, str],
@@ -307,7 +341,7 @@ class _Pool:
         # A certificate problem will not go away by retrying; an EOF in the handshake (agent restarting) may.
         if "certificate" in str(exc).lower():
             return AuthenticationError(f"TLS handshake with {self.settings.where} failed while {what}: check "
-                                       "ca_cert / client_cert / client_key")
+                                       "ca_cert / client_cert / client_key / tls_server_name")
         return BackendUnavailable(f"TLS connection to {self.settings.where} failed while {what}")
 
     def status_error(self, reply: _Reply, what: str, redact: str | None = None) -> WaypostError:
@@ -664,6 +698,7 @@ class ConsulBackend(Backend):
         Capability.CHOSEN_INSTANCE_ID, Capability.TLS, Capability.AUTH,
     })
     options: ClassVar[tuple[Option, ...]] = OPTIONS
+    url_env: ClassVar[URLEnv | None] = URL_ENV
     #: Consul's own floor is the agent's session_ttl_min (10 s unless configured lower).
     min_ttl: ClassVar[float] = 1.0
     requires: ClassVar[tuple[str, ...]] = ("consul",)

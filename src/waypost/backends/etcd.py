@@ -6,12 +6,18 @@ URL grammar
     backend talks to one member at a time and moves to the next when it stops
     answering (refused, closed or timed-out calls, or a stalled watch).
     ``etcds://`` speaks TLS, trusting ``ca_cert`` (or the system's roots when
-    it is not set). Dynamo's variables reach it too: ``DYN_DISCOVERY_BACKEND=etcd``
-    with ``ETCD_ENDPOINTS=http://h1:2379,http://h2:2379`` (``https://`` → TLS).
+    it is not set). A URL naming no host (``etcd://``, ``etcd://?timeout=2``)
+    takes its members from Dynamo's ``ETCD_ENDPOINTS``, else etcdctl's
+    ``ETCDCTL_ENDPOINTS`` (``[http(s)://]host:port,…``; ``https://`` turns
+    ``etcd://`` into ``etcds://``, while a member without a scheme stays plain
+    text even where etcdctl would use TLS because a certificate is set); with
+    neither set it is an error. Dynamo's ``DYN_DISCOVERY_BACKEND=etcd`` means
+    ``etcd://``, with Dynamo's default ``127.0.0.1:2379``.
 
-Options (keyword > URL query > environment > default)
+Options (keyword > URL > ``WAYPOST_*`` > Dynamo's ``ETCD_*`` > etcdctl's ``ETCDCTL_*`` > default)
     ``ttl``
-        lease time-to-live in seconds (env ``ETCD_LEASE_TTL``, default 10).
+        lease time-to-live in seconds (env ``WAYPOST_TTL``, then
+        ``ETCD_LEASE_TTL``; default 10).
         etcd leases are whole seconds: the ttl is rounded up, and the server
         may raise it to its minimum (1.5 times its election timeout).
     ``timeout``
@@ -23,11 +29,14 @@ Options (keyword > URL query > environment > default)
     ``ca_cert``, ``client_cert``, ``client_key``
         PEM files: the CA that signed the server certificate, and the client
         certificate and key for mutual TLS (env ``ETCD_AUTH_CA``,
-        ``ETCD_AUTH_CLIENT_CERT``, ``ETCD_AUTH_CLIENT_KEY``). They need
+        ``ETCD_AUTH_CLIENT_CERT``, ``ETCD_AUTH_CLIENT_KEY``, else etcdctl's
+        ``ETCDCTL_CACERT``, ``ETCDCTL_CERT``, ``ETCDCTL_KEY``). They need
         ``etcds://``. (``cert_cert``/``cert_key`` are their former names.)
     ``user``, ``password``
         etcd user/password authentication (env ``ETCD_AUTH_USERNAME``,
-        ``ETCD_AUTH_PASSWORD``); may also be the URL's ``user:password@``
+        ``ETCD_AUTH_PASSWORD``, else etcdctl's ``ETCDCTL_USER=user:password``;
+        each option takes the first variable set, and waypost never prompts
+        for a password); may also be the URL's ``user:password@``
         (giving both, with different values, is an error). Works over
         ``etcd://`` too, where the password travels in clear text. The auth
         token is renewed transparently when etcd reports it invalid (expired
@@ -92,6 +101,7 @@ from waypost.core import (
     Capability,
     Closed,
     ConfigError,
+    Env,
     Lease,
     LeaseLost,
     Option,
@@ -99,6 +109,7 @@ from waypost.core import (
     Resync,
     Silent,
     TLSFiles,
+    URLEnv,
     WatchHandle,
     WatchLoop,
     WatchRegistry,
@@ -590,11 +601,16 @@ class _EtcdWatch(WatchLoop):
 _OPTIONS = (
     Option("timeout", parse_float(0.1, 3600.0), 5.0,
            "seconds an etcd operation may take (retries and fail-over included)"),
-    *tls_options(ca_env="ETCD_AUTH_CA", cert_env="ETCD_AUTH_CLIENT_CERT", key_env="ETCD_AUTH_CLIENT_KEY"),
-    Option("user", parse_str, None, "etcd user name", env="ETCD_AUTH_USERNAME"),
-    Option("password", parse_str, None, "etcd password", env="ETCD_AUTH_PASSWORD", secret=True),
+    *tls_options(ca_env=("ETCD_AUTH_CA", "ETCDCTL_CACERT"), cert_env=("ETCD_AUTH_CLIENT_CERT", "ETCDCTL_CERT"),
+                 key_env=("ETCD_AUTH_CLIENT_KEY", "ETCDCTL_KEY")),
+    Option("user", parse_str, None, "etcd user name",
+           env=("ETCD_AUTH_USERNAME", Env("ETCDCTL_USER", split=":", part=0))),
+    Option("password", parse_str, None, "etcd password",
+           env=("ETCD_AUTH_PASSWORD", Env("ETCDCTL_USER", split=":", part=1)), secret=True),
     prefix_option(help="key prefix (default none: keys are exactly Dynamo's v1/instances/...)"),
 )
+# A URL naming no host: Dynamo's variable, then etcdctl's.
+_URL_ENV = URLEnv(hosts=("ETCD_ENDPOINTS", "ETCDCTL_ENDPOINTS"), tls_scheme="etcds")
 
 
 class EtcdBackend(Backend):
@@ -606,6 +622,7 @@ class EtcdBackend(Backend):
     })
     options: ClassVar[tuple[Option, ...]] = _OPTIONS
     runtime_option_env: ClassVar[Mapping[str, str]] = {"ttl": "ETCD_LEASE_TTL"}
+    url_env: ClassVar[URLEnv | None] = _URL_ENV
     min_ttl: ClassVar[float] = 1.0
     requires: ClassVar[tuple[str, ...]] = ("grpc", "pyetcd")
     extra: ClassVar[str | None] = "etcd"

@@ -8,7 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import faults
 from ._config import (
+    Setting,
     check_timeout,
+    explain_options,
+    explain_url,
     parse_bool,
     parse_choice,
     parse_float,
@@ -55,7 +58,7 @@ from ._plugins import (
 )
 from ._records import BUCKETS, decode_records
 from ._runtime import RUNTIME_OPTIONS, random_instance_id
-from ._spi import Backend, Capability, Lease, Option, ParsedURL, WatchHandle, WatchSink
+from ._spi import Backend, Capability, Env, Lease, Option, ParsedURL, URLEnv, WatchHandle, WatchSink
 from ._watch import skip_value
 
 if TYPE_CHECKING:  # imported on first use (PEP 562): `import waypost` needs neither the kit nor pluggy
@@ -99,6 +102,7 @@ __all__ = [
     "Closed",
     "CodecError",
     "ConfigError",
+    "Env",
     "HandleCache",
     "HostPort",
     "InvalidName",
@@ -114,8 +118,10 @@ __all__ = [
     "RUNTIME_OPTIONS",
     "Rejected",
     "Resync",
+    "Setting",
     "Silent",
     "TLSFiles",
+    "URLEnv",
     "WatchHandle",
     "WatchLoop",
     "WatchRegistry",
@@ -126,6 +132,8 @@ __all__ = [
     "decode_batch",
     "decode_entry",
     "decode_records",
+    "explain_options",
+    "explain_url",
     "faults",
     "hookimpl",
     "hosts",

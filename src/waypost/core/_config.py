@@ -1,10 +1,18 @@
 """URLs, options and the environment: how ``connect()`` decides what to build.
 
-Precedence for every option: keyword argument > URL query > environment >
-default. The URL itself comes from the ``url`` argument, else ``WAYPOST_URL``,
-else Dynamo's variables (``DYN_DISCOVERY_BACKEND`` = ``etcd`` | ``file`` |
-``mem`` with ``ETCD_ENDPOINTS`` / ``DYN_FILE_KV``), else the embedded default
-``file://`` in the default directory.
+The URL comes from the ``url`` argument, else ``WAYPOST_URL``, else Dynamo's
+variables (``DYN_DISCOVERY_BACKEND`` = ``etcd`` | ``file`` | ``mem`` with
+``ETCD_ENDPOINTS`` / ``DYN_FILE_KV``), else the embedded default ``file://``
+in the default directory. A URL naming no host (``consul://``, ``etcd://``)
+takes its hosts from the variables its backend declares (:class:`URLEnv`:
+``CONSUL_HTTP_ADDR``; ``ETCD_ENDPOINTS`` then ``ETCDCTL_ENDPOINTS``), where
+``https://`` means the TLS scheme.
+
+Precedence for every option: keyword argument > URL query > waypost's own
+variable (``WAYPOST_*``) > Dynamo's > the tool's (``CONSUL_*``,
+``ETCDCTL_*``) > default: the option's :attr:`Option.env` in order, then the
+backend's ``runtime_option_env``. :func:`explain_url` and
+:func:`explain_options` say where each value came from (``waypost doctor``).
 """
 
 from __future__ import annotations
@@ -17,11 +25,16 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import msgspec
+
 from ._errors import ConfigError
-from ._spi import Option, ParsedURL
+from ._spi import Env, Option, ParsedURL, URLEnv
 
 __all__ = [
+    "Setting",
     "check_timeout",
+    "explain_options",
+    "explain_url",
     "parse_bool",
     "parse_choice",
     "parse_float",
@@ -108,23 +121,159 @@ def _redact_raw(url: str) -> str:
     return text if len(text) <= 80 else text[:80] + "…"
 
 
+class Setting(msgspec.Struct, frozen=True):
+    """One resolved setting and where it came from (what ``waypost doctor`` prints).
+
+    ``source`` is ``"argument"`` (the URL given to ``connect``), ``"keyword"``,
+    ``"URL"``, ``"URL query"``, ``"env NAME"`` (``variable`` is ``NAME``) or
+    ``"default"``. A secret's value shows in neither ``repr`` nor :attr:`shown`.
+    """
+
+    name: str
+    value: Any
+    source: str
+    variable: str | None = None
+    secret: bool = False
+
+    @property
+    def shown(self) -> str:
+        """The value as text: ``-`` when unset, ``***`` for a secret."""
+        if self.value is None or self.value == "":
+            return "-"
+        if self.secret:
+            return "***"
+        if isinstance(self.value, bool):
+            return "true" if self.value else "false"
+        return str(self.value)
+
+    def __repr__(self) -> str:
+        return f"Setting({self.name!r}, {self.shown!r}, source={self.source!r})"
+
+
 def resolve_url(url: str | None, environ: Mapping[str, str] | None = None) -> str:
-    """Pick the discovery URL: argument, ``WAYPOST_URL``, Dynamo's variables, default."""
+    """Pick the discovery URL: argument, ``WAYPOST_URL``, Dynamo's variables, default.
+
+    A URL naming no host gets its hosts (and TLS) from its backend's :class:`URLEnv`.
+    """
+    return explain_url(url, environ)[0]
+
+
+def explain_url(url: str | None, environ: Mapping[str, str] | None = None) -> tuple[str, tuple[Setting, ...]]:
+    """:func:`resolve_url`, with where the URL came from: settings ``url`` and, for backends
+    declaring a :class:`URLEnv`, ``hosts`` and ``tls``."""
     env = os.environ if environ is None else environ
+    text, source, fallback = _pick_url(url, env)
+    variable = source.removeprefix("env ") if source.startswith("env ") else None
+    parsed = parse_url(text)
+    url_env = _url_env(parsed.scheme)
+    if url_env is None and fallback is None:
+        return text, (Setting("url", parsed.redacted, source, variable),)
+    url_env = url_env or URLEnv()
+    tls = url_env.tls_scheme is not None and parsed.scheme == url_env.tls_scheme
+    if parsed.hosts:
+        hosts = Setting("hosts", ",".join(_host_text(h, p) for h, p in parsed.hosts), "URL")
+        return text, (Setting("url", parsed.redacted, source, variable), hosts, Setting("tls", tls, "URL"))
+    hosts, tls_from = Setting("hosts", fallback, "default"), Setting("tls", tls, "URL")
+    for name in url_env.hosts:
+        if not (raw := env.get(name, "").strip()):
+            continue
+        found, https = _addresses(name, raw)
+        if found:
+            hosts = Setting("hosts", found, f"env {name}", name)
+            if https and not tls:
+                tls, tls_from = True, Setting("tls", True, f"env {name} (https://)", name)
+            break
+    for name in url_env.tls:
+        if not (raw := env.get(name, "").strip()):
+            continue
+        try:
+            wanted = parse_bool(raw)
+        except ValueError as exc:
+            raise ConfigError(f"invalid environment variable {name}={_short(raw)}: {exc}") from None
+        if wanted and not tls:  # false never turns off what https:// asked for (as the tools do)
+            tls, tls_from = True, Setting("tls", True, f"env {name}", name)
+    scheme = parsed.scheme
+    if tls and scheme != url_env.tls_scheme:
+        if url_env.tls_scheme is None:
+            raise ConfigError(f"{tls_from.variable} asks for TLS, but {scheme}:// has no TLS scheme")
+        scheme = url_env.tls_scheme
+    text = _with_hosts(text, scheme, hosts.value or "")
+    try:
+        parsed = parse_url(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (hosts from {hosts.variable})") from None
+    return text, (Setting("url", parsed.redacted, source, variable), hosts, tls_from)
+
+
+def _pick_url(url: str | None, env: Mapping[str, str]) -> tuple[str, str, str | None]:
+    """``(url, source, hosts when no variable names any)``."""
     if url:
-        return url
+        return url, "argument", None
     if env.get("WAYPOST_URL"):
-        return env["WAYPOST_URL"]
+        return env["WAYPOST_URL"], "env WAYPOST_URL", None
     backend = env.get("DYN_DISCOVERY_BACKEND", "").strip().lower()
-    if backend == "etcd":
-        return _etcd_url_from_env(env.get("ETCD_ENDPOINTS", "http://127.0.0.1:2379"))
+    if backend == "etcd":  # hosts from ETCD_ENDPOINTS (the etcd backend's URLEnv), else Dynamo's default
+        return "etcd://", "env DYN_DISCOVERY_BACKEND", "127.0.0.1:2379"
     if backend == "file":
-        return _file_url(env.get("DYN_FILE_KV"))
+        return _file_url(env.get("DYN_FILE_KV")), "env DYN_DISCOVERY_BACKEND", None
     if backend in ("mem", "memory"):
-        return "memory://"
+        return "memory://", "env DYN_DISCOVERY_BACKEND", None
     if backend:
         raise ConfigError(f"DYN_DISCOVERY_BACKEND={backend!r} is not supported: expected etcd, file or mem")
-    return _file_url(env.get("DYN_FILE_KV"))
+    if env.get("DYN_FILE_KV"):
+        return _file_url(env["DYN_FILE_KV"]), "env DYN_FILE_KV", None
+    return DEFAULT_URL, "default", None
+
+
+def _url_env(scheme: str) -> URLEnv | None:
+    from ._plugins import backend_class
+
+    try:
+        return backend_class(scheme).url_env
+    except Exception:  # not installed or broken: connect() and `waypost doctor` report it, with its own words
+        return None
+
+
+def _host_text(host: str, port: int | None) -> str:
+    host = f"[{host}]" if ":" in host else host
+    return host if port is None else f"{host}:{port}"
+
+
+def _addresses(name: str, raw: str) -> tuple[str, bool]:
+    """``[http(s)://]host[:port][,…]`` as URL hosts, and whether one said ``https://``.
+
+    Messages never quote the variable: it may hold credentials.
+    """
+    found: list[str] = []
+    https = False
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        scheme, sep, address = item.partition("://")
+        if sep:
+            scheme = scheme.lower()
+            if scheme not in ("http", "https"):
+                shown = f"{scheme}:// addresses" if re.fullmatch(r"[a-z][a-z0-9+.-]{0,15}", scheme) else "that address"
+                raise ConfigError(f"environment variable {name}: waypost cannot use {shown}; "
+                                  "expected [http(s)://]host[:port]")
+            https = https or scheme == "https"
+        else:
+            address = item
+        address = address.rstrip("/")
+        if not address or re.search(r"[/?#@\x00-\x20\x7f]", address):
+            raise ConfigError(f"environment variable {name} holds an address waypost cannot use: expected "
+                              "[http(s)://]host[:port], comma-separated")
+        found.append(address)
+    return ",".join(found), https
+
+
+def _with_hosts(url: str, scheme: str, hosts: str) -> str:
+    """``url`` (naming no host) with ``scheme`` and ``hosts``; its user info, path and query kept."""
+    rest = url.partition("://")[2]
+    head, question, query = rest.partition("?")
+    netloc, slash, path = head.partition("/")
+    userinfo = netloc.rpartition("@")[0] + "@" if "@" in netloc else ""
+    return f"{scheme}://{userinfo}{hosts}{slash}{path}{question}{query}"
 
 
 def _file_url(path: str | None) -> str:
@@ -132,20 +281,6 @@ def _file_url(path: str | None) -> str:
     from urllib.parse import quote
 
     return "file://" + quote(os.path.abspath(path)) if path else DEFAULT_URL
-
-
-def _etcd_url_from_env(endpoints: str) -> str:
-    """``ETCD_ENDPOINTS`` is Dynamo's comma-separated list of ``http(s)://host:port``."""
-    tls = False
-    hosts = []
-    for raw in endpoints.split(","):
-        item = raw.strip()
-        if not item:
-            continue
-        if item.startswith("https://"):
-            tls = True
-        hosts.append(item.split("://", 1)[-1].rstrip("/"))
-    return ("etcds://" if tls else "etcd://") + ",".join(hosts)
 
 
 def resolve_options(
@@ -156,39 +291,89 @@ def resolve_options(
     env_names: Mapping[str, str] | None = None,
     where: str = "backend",
 ) -> dict[str, Any]:
-    """Merge and parse options; unknown names are a :class:`ConfigError`."""
+    """Merge and parse options; unknown names are a :class:`ConfigError`.
+
+    ``env_names`` maps an option to one more variable, read after the option's own (the backend's
+    ``runtime_option_env``).
+    """
+    return {name: s.value for name, s in explain_options(declared, kwargs, query, environ, env_names, where).items()}
+
+
+def explain_options(
+    declared: Iterable[Option],
+    kwargs: Mapping[str, Any],
+    query: Mapping[str, str],
+    environ: Mapping[str, str] | None = None,
+    env_names: Mapping[str, str] | None = None,
+    where: str = "backend",
+) -> dict[str, Setting]:
+    """:func:`resolve_options`, with where each value came from."""
     env = os.environ if environ is None else environ
     by_name = {opt.name: opt for opt in declared}
     kwargs = _rename_aliases(by_name.values(), kwargs, "keyword argument", where)
     query = _rename_aliases(by_name.values(), query, "URL query parameter", where)
-    for source, names in (("keyword argument", kwargs), ("URL query parameter", query)):
+    for kind, names in (("keyword argument", kwargs), ("URL query parameter", query)):
         unknown = sorted(set(names) - set(by_name))
         if unknown:
             raise ConfigError(
-                f"unknown {source} {', '.join(map(repr, unknown))} for {where}: "
+                f"unknown {kind} {', '.join(map(repr, unknown))} for {where}: "
                 f"allowed are {', '.join(sorted(by_name)) or 'none'}"
             )
-    result: dict[str, Any] = {}
+    result: dict[str, Setting] = {}
     for name, opt in by_name.items():
-        # A backend's own variable (e.g. ETCD_LEASE_TTL) first, then the option's (WAYPOST_TTL).
-        env_candidates = [n for n in ((env_names or {}).get(name), opt.env) if n]
-        env_name = next((n for n in env_candidates if env.get(n) not in (None, "")), None)
+        variable = None
         if name in kwargs:
-            raw, origin = kwargs[name], f"keyword argument {name}"
+            raw, source, origin = kwargs[name], "keyword", f"keyword argument {name}"
         elif name in query:
-            raw, origin = query[name], f"URL query parameter {name}"
-        elif env_name is not None:
-            raw, origin = env[env_name], f"environment variable {env_name}"
+            raw, source, origin = query[name], "URL query", f"URL query parameter {name}"
+        elif (found := _from_environment(opt, (env_names or {}).get(name), env)) is not None:
+            variable, raw = found
+            source, origin = f"env {variable}", f"environment variable {variable}"
         else:
-            result[name] = opt.default
+            result[name] = Setting(name, opt.default, "default", secret=opt.secret)
             continue
         try:
-            result[name] = opt.parse(raw)
+            value = opt.parse(raw)
         except (TypeError, ValueError) as exc:
             if opt.secret:  # the parser's message may quote the value
                 raise ConfigError(f"invalid {origin} (value hidden): {opt.help or 'see the backend docs'}") from None
             raise ConfigError(f"invalid {origin}={_short(raw)}: {exc}") from None
+        result[name] = Setting(name, value, source, variable, opt.secret)
     return result
+
+
+_MAX_ENV_FILE = 64 * 1024
+
+
+def _from_environment(opt: Option, extra: str | None, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """``(variable, text)`` of the first of the option's variables that is set, else ``None``."""
+    for var in (*opt.env_vars, *((Env(extra),) if extra else ())):
+        text = env.get(var.name)
+        if text and (value := _read_env(var, text)):
+            return var.name, value
+    return None
+
+
+def _read_env(var: Env, text: str) -> str:
+    """What ``var`` (set to ``text``) gives; ``""`` counts as unset. Errors name the file, never its text."""
+    if var.file:
+        path = os.path.expanduser(text)
+        try:
+            with open(path, "rb") as file:
+                data = file.read(_MAX_ENV_FILE + 1)
+        except OSError as exc:
+            raise ConfigError(f"environment variable {var.name}: cannot read {path!r}: "
+                              f"{exc.strerror or type(exc).__name__}") from None
+        if len(data) > _MAX_ENV_FILE:
+            raise ConfigError(f"environment variable {var.name}: {path!r} is larger than 64 KiB")
+        try:
+            text = data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError(f"environment variable {var.name}: {path!r} is not UTF-8 text") from None
+    if var.split is not None:
+        parts = text.split(var.split, 1)
+        text = parts[var.part] if var.part < len(parts) else ""
+    return text
 
 
 def _short(value: object) -> str:

@@ -33,7 +33,7 @@ import msgspec
 
 from ._config import parse_str
 from ._errors import BackendUnavailable, Closed, ConfigError, WaypostError
-from ._spi import Option, ParsedURL, WatchSink
+from ._spi import EnvSpec, Option, ParsedURL, WatchSink
 
 __all__ = [
     "Backoff",
@@ -356,8 +356,7 @@ def _parse_pem_path(value: Any) -> str:
     return path
 
 
-def tls_options(*, ca_env: str | None = None, cert_env: str | None = None,
-                key_env: str | None = None) -> tuple[Option, ...]:
+def tls_options(*, ca_env: EnvSpec = None, cert_env: EnvSpec = None, key_env: EnvSpec = None) -> tuple[Option, ...]:
     """The TLS options: ``ca_cert``, ``client_cert``, ``client_key`` (PEM files), with environment names."""
     return (
         Option("ca_cert", _parse_pem_path, None, "PEM file of the CA that signed the server's certificate "

@@ -29,9 +29,11 @@ import msgspec
 __all__ = [
     "Backend",
     "Capability",
+    "Env",
     "Lease",
     "Option",
     "ParsedURL",
+    "URLEnv",
     "WatchHandle",
     "WatchSink",
 ]
@@ -63,12 +65,34 @@ class Lease(msgspec.Struct, frozen=True, gc=False):
     ttl: float
 
 
+class Env(msgspec.Struct, frozen=True):
+    """An environment variable an :class:`Option` reads in a special way (a plain name is read as it is).
+
+    ``file``: the variable names a file; the value is the file's text, without
+    surrounding whitespace (``CONSUL_HTTP_TOKEN_FILE``). ``split``: the value is
+    part ``part`` (0 or 1) of the text split once at ``split``
+    (``ETCDCTL_USER=user:password``). An empty value or a missing part counts
+    as unset.
+    """
+
+    name: str
+    file: bool = False
+    split: str | None = None
+    part: int = 0
+
+
+#: What :attr:`Option.env` holds: a variable's name, an :class:`Env`, a tuple of them, or ``None``.
+EnvSpec = str | Env | tuple[str | Env, ...] | None
+
+
 class Option(msgspec.Struct, frozen=True):
     """A backend (or Runtime) option accepted in the URL query or as a keyword.
 
     ``parse`` turns a URL query string (or a keyword value) into the option's
     value and raises ``ValueError`` naming what is allowed. ``env`` is the
-    environment variable read when neither the keyword nor the URL sets it.
+    environment variable read when neither the keyword nor the URL sets it: a
+    name, an :class:`Env`, or a tuple of them, the first one set winning
+    (waypost's own ``WAYPOST_*`` first, then Dynamo's, then the tools').
     ``secret`` options are never shown in ``repr``, logs or errors.
     ``aliases`` are former names, still accepted (with a ``DeprecationWarning``).
     """
@@ -77,9 +101,29 @@ class Option(msgspec.Struct, frozen=True):
     parse: Callable[[Any], Any]
     default: Any = None
     help: str = ""
-    env: str | None = None
+    env: EnvSpec = None
     secret: bool = False
     aliases: tuple[str, ...] = ()
+
+    @property
+    def env_vars(self) -> tuple[Env, ...]:
+        """``env`` as a tuple of :class:`Env`, in precedence order."""
+        given = () if self.env is None else self.env if isinstance(self.env, tuple) else (self.env,)
+        return tuple(Env(item) if isinstance(item, str) else item for item in given)
+
+
+class URLEnv(msgspec.Struct, frozen=True):
+    """Where a URL of a backend's scheme that names no host (``consul://``) takes its host from.
+
+    ``hosts``: variables holding ``[http(s)://]host[:port][,…]``, the first one
+    set winning; ``https://`` in it asks for TLS. ``tls``: boolean variables
+    (``true``/``false``) asking for TLS. ``tls_scheme``: the scheme the URL
+    becomes with TLS (``consuls``). A URL that names a host is left alone.
+    """
+
+    hosts: tuple[str, ...] = ()
+    tls: tuple[str, ...] = ()
+    tls_scheme: str | None = None
 
 
 class ParsedURL(msgspec.Struct, frozen=True):
@@ -167,8 +211,11 @@ class Backend(abc.ABC):
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
     #: Backend-specific options (URL query or keyword arguments).
     options: ClassVar[tuple[Option, ...]] = ()
-    #: Environment variables for Runtime options, e.g. ``{"ttl": "ETCD_LEASE_TTL"}``.
+    #: Environment variables for Runtime options, e.g. ``{"ttl": "ETCD_LEASE_TTL"}`` (read after the
+    #: option's own ``WAYPOST_*`` variable).
     runtime_option_env: ClassVar[Mapping[str, str]] = {}
+    #: The variables that fill in a URL of these schemes naming no host (``etcd://``); ``None``: none do.
+    url_env: ClassVar[URLEnv | None] = None
     #: Smallest ttl the store supports, in seconds.
     min_ttl: ClassVar[float] = 1.0
 

@@ -18,7 +18,10 @@ import waypost
 from waypost import EndpointId, Query, TransportType, WaypostError
 from waypost.core import (
     RUNTIME_OPTIONS,
+    Setting,
     backend_class,
+    explain_options,
+    explain_url,
     installed_backends,
     missing_requirements,
     parse_url,
@@ -219,8 +222,8 @@ def describe_backend(scheme: str) -> dict[str, Any]:
         "extra": cls.extra,
         "missing": missing_requirements(cls),
         "install": f"pip install '{cls.distribution}[{cls.extra}]'" if cls.extra else None,
-        "options": [{"name": o.name, "default": None if o.secret else o.default, "help": o.help, "env": o.env}
-                    for o in cls.options],
+        "options": [{"name": o.name, "default": None if o.secret else o.default, "help": o.help,
+                     "env": ", ".join(v.name for v in o.env_vars) or None} for o in cls.options],
     }
 
 
@@ -243,27 +246,20 @@ def _timed(name: str, action: Callable[[], str]) -> _Step:
     return _Step(name, True, time.perf_counter() - started, detail)
 
 
-def _url_source(url: str | None) -> str:
-    if url:
-        return "argument"
-    if os.environ.get("WAYPOST_URL"):
-        return "WAYPOST_URL"
-    if os.environ.get("DYN_DISCOVERY_BACKEND") or os.environ.get("DYN_FILE_KV"):
-        return "Dynamo's DYN_* variables"
-    return "built-in default"
-
-
 @cli.command()
 @click.argument("url_argument", metavar="[URL]", required=False)
 @url_option
 def doctor(url_argument: str | None, url: str | None) -> None:
-    """Connect, time one register/list/unregister round trip and report; exit 1 if anything fails."""
+    """Show every setting and where it came from, time one register/list/unregister round trip and
+    report; exit 1 if anything fails."""
     url = url_argument or url
     try:
-        shown = parse_url(resolve_url(url)).redacted
+        resolved, url_settings = explain_url(url)
     except WaypostError as exc:
         raise click.ClickException(_one_line(exc)) from None
-    click.echo(f"URL: {shown}  (from {_url_source(url)})")
+    head = url_settings[0]
+    click.echo(f"URL: {head.value}  (from {head.source})")
+    click.echo(_settings_table(resolved, url_settings))
     steps = _doctor_steps(url)
     for step in steps:
         mark = "ok  " if step.ok else "FAIL"
@@ -274,6 +270,22 @@ def doctor(url_argument: str | None, url: str | None) -> None:
     else:
         click.echo("some checks failed", err=True)
         sys.exit(1)
+
+
+def _settings_table(resolved: str, url_settings: tuple[Setting, ...]) -> str:
+    """Every setting connect() would use, where it came from, secrets masked; a problem as one line."""
+    rows = [(f"  {s.name}", s.shown, s.source) for s in url_settings[1:]]
+    try:
+        parsed = parse_url(resolved)
+        cls = backend_class(parsed.scheme)
+        options = explain_options((*RUNTIME_OPTIONS, *cls.options), {}, parsed.query,
+                                  env_names=cls.runtime_option_env, where=f"{parsed.scheme}://")
+    except Exception as exc:  # the connect step reports it again, with the round trip's verdict
+        rows.append(("  options", "?", f"{type(exc).__name__}: {_one_line(exc)}"))
+    else:
+        rows += [(f"  {s.name}", s.shown, s.source) for s in options.values()]
+    return ("settings (keyword > URL > WAYPOST_* > Dynamo's > the tool's > default):\n"
+            + _format.table(("  NAME", "VALUE", "FROM"), rows))
 
 
 def _doctor_steps(url: str | None) -> list[_Step]:
