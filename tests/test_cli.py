@@ -267,3 +267,78 @@ def test_python_dash_m_waypost_and_light_import() -> None:
     probe = "import sys, waypost; print('click' in sys.modules)"
     light = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
     assert light.stdout.strip() == "False"
+
+
+# -- Dynamo's other record kinds -------------------------------------------------------------------
+
+CARD = {"display_name": "probe-model", "slug": "probe-model", "model_type": "Chat", "model_input": "Text",
+        "worker_type": "aggregated", "context_length": 4096, "runtime_config": {"taints": ["gpu"]}}
+
+
+def test_list_models_table_and_json(url: str, runtime: waypost.Runtime) -> None:
+    endpoint = runtime.endpoint("dynamo.backend.generate")
+    endpoint.register(TransportType.tcp("h:1"))
+    endpoint.register_model(CARD)
+    endpoint.register_model(CARD, lora="My LoRA")
+    result = CliRunner().invoke(cli, ["list", "--models", "--url", url])
+    assert result.exit_code == 0, result.output
+    header, base, lora = result.stdout.splitlines()
+    assert header.split() == ["NAMESPACE", "COMPONENT", "ENDPOINT", "INSTANCE", "MODEL", "LORA", "TYPE", "TAINTS"]
+    assert base.split() == ["dynamo", "backend", "generate", f"{runtime.instance_id:x}", "probe-model", "-",
+                            "Chat", "gpu"]
+    assert lora.split()[5] == "my_lora"
+    as_json = CliRunner().invoke(cli, ["list", "dynamo", "--models", "--json", "--url", url])
+    values = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [v["type"] for v in values] == ["Model", "Model"]
+    assert values[0]["card_json"] == CARD and values[1]["model_suffix"] == "my_lora"
+    nothing = CliRunner().invoke(cli, ["list", "--event-channels", "--url", url])
+    assert nothing.exit_code == 0 and "no event channels match *" in nothing.stderr
+
+
+def test_watch_models_shows_taint_updates(url: str, runtime: waypost.Runtime,
+                                          spawn: list[subprocess.Popen[str]]) -> None:
+    proc, lines = waypost_process(spawn, "watch", "--models", "--json", "--url", url)
+    card = runtime.endpoint("ns.comp.gen").register_model(CARD)
+    added = json.loads(lines.wait_for('"added"'))
+    assert added["key"] == f"v1/mdc/ns/comp/gen/{runtime.instance_id:x}"
+    card.update_taints(["b", "a"])
+    updated = json.loads(lines.wait_for('"updated"'))
+    assert updated["instance"]["card_json"]["runtime_config"]["taints"] == ["a", "b"]
+    assert updated["previous"]["card_json"]["runtime_config"]["taints"] == ["gpu"]
+    card.unregister()
+    assert json.loads(lines.wait_for('"removed"'))["key"] == added["key"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+
+
+def test_register_with_a_model_card_publishes_both_until_sigterm(url: str, runtime: waypost.Runtime, tmp_path: Path,
+                                                                 spawn: list[subprocess.Popen[str]]) -> None:
+    card_file = tmp_path / "card.json"
+    card_file.write_text(json.dumps(CARD))
+    proc, lines = waypost_process(spawn, "register", "ns.comp.gen", "--transport", "tcp://127.0.0.1:9", "--ttl", "1",
+                                  "--model-card", str(card_file), "--lora", "adapter-1", "--url", url)
+    assert "serving model probe-model (LoRA adapter-1)" in lines.wait_for("registered")
+    [instance] = runtime.list_instances()
+    [model] = runtime.list_models()
+    assert (model.instance_id, model.lora, model.card) == (instance.instance_id, "adapter-1", CARD)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    assert runtime.list_instances() == [] and runtime.list_models() == []
+
+
+@pytest.mark.parametrize(("card", "message"), [
+    ("[1, 2]", "must be a JSON object"),
+    ("{not json", "is not JSON"),
+])
+def test_register_refuses_a_card_that_is_not_a_json_object(url: str, tmp_path: Path, card: str,
+                                                           message: str) -> None:
+    card_file = tmp_path / "card.json"
+    card_file.write_text(card)
+    result = CliRunner().invoke(cli, ["register", "a.b.c", "--transport", "tcp://h:1", "--model-card",
+                                      str(card_file), "--url", url])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_lora_needs_a_model_card(url: str) -> None:
+    result = CliRunner().invoke(cli, ["register", "a.b.c", "--transport", "tcp://h:1", "--lora", "x", "--url", url])
+    assert result.exit_code == 2 and "--lora" in result.output

@@ -157,6 +157,30 @@ def test_chosen_instance_id_survives_lease_loss(consul_server: servers.ConsulSer
     assert _raw(consul_server).kv.get(f"waypost/leases/{chosen:x}")[1]["Session"] != session
 
 
+def test_a_session_that_expires_before_its_claim_is_replaced(consul_server: servers.ConsulServer,
+                                                             runtimes: list[waypost.Runtime]) -> None:
+    """A process starved for 2 x ttl between creating its session and claiming an id (seen with 1 000
+    Runtimes on a loaded machine) used to fail connect() with a bare WaypostError."""
+    rt = _connect(runtimes, consul_server.url)
+    backend: Any = rt.backend
+    create, destroyed = backend._create_session, []
+
+    def expiring_first(lease_id: int, ttl: float) -> str:
+        session: str = create(lease_id, ttl)
+        if not destroyed:  # the agent expires it for real before the claim uses it
+            assert _raw(consul_server).session.destroy(session)
+            destroyed.append(session)
+        return session
+
+    backend._create_session = expiring_first
+    lease = backend.grant_lease(TTL)
+    assert destroyed and _raw(consul_server).kv.get(f"waypost/leases/{lease.id:x}")[1]["Session"] != destroyed[0]
+    backend.revoke_lease(lease.id)
+    backend._create_session = lambda lease_id, ttl: destroyed[0]  # every session already gone
+    with pytest.raises(waypost.BackendUnavailable, match="expired before they could claim"):
+        backend.grant_lease(TTL)
+
+
 def test_revoke_of_an_unknown_lease_is_a_no_op(consul_server: servers.ConsulServer,
                                                 runtimes: list[waypost.Runtime]) -> None:
     rt = _connect(runtimes, consul_server.url)

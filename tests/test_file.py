@@ -410,3 +410,85 @@ def test_revoking_a_killed_writers_lease_removes_its_half_written_file(url: str,
         (bucket / ".tmp_abd-0123456789abcdef").write_bytes(b'{"half')  # another lease's: not this one's
         other.backend.revoke_lease(0xABC)
         assert files(bucket) == [".tmp_abd-0123456789abcdef"]
+
+
+# -- Dynamo's other buckets: v1/mdc, v1/event_channels, v1/event_sources ---------------------------
+
+DYNAMO_CARD = (  # a LoRA card exactly as a Dynamo 1.6.1 worker wrote it (trimmed runtime_config)
+    b'{"type":"Model","namespace":"ns1","component":"comp1","endpoint":"gen","instance_id":9712720323321273154,'
+    b'"card_json":{"display_name":"my-lora","slug":"my-lora","source_path":"/nonexistent/base-model",'
+    b'"model_info":null,"tokenizer":null,"context_length":0,"kv_cache_block_size":0,"migration_limit":0,'
+    b'"model_type":"Chat","model_input":"Text","worker_type":"aggregated","needs":[],"lora":{"name":"my-lora"},'
+    b'"runtime_config":{"data_parallel_size":1,"enable_eagle":false},"media_decoder":null,"media_fetcher":null},'
+    b'"model_suffix":"my-lora"}'
+)
+DYNAMO_CARD_NAME = "ns1%2Fcomp1%2Fgen%2F86ca83ac82481b42%2Fmy%2Dlora"
+
+
+def _publish(directory: Path, name: str, value: bytes) -> Path:
+    """Write a file the way Dynamo does: a dot-file, then link() to its name."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = directory / ".tmp_0123456789abcdef"
+    tmp.write_bytes(value)
+    os.link(tmp, directory / name)
+    tmp.unlink()
+    return directory / name
+
+
+def test_every_bucket_is_created_private_at_connect(tmp_path: Path) -> None:
+    with waypost.connect(f"file://{tmp_path}", ttl=TTL):
+        for bucket in ("instances", "mdc", "event_channels", "event_sources"):
+            assert stat.S_IMODE((tmp_path / "v1" / bucket).stat().st_mode) == 0o700, bucket
+
+
+def test_model_cards_are_files_in_v1_mdc_named_as_dynamo_names_them(tmp_path: Path) -> None:
+    with waypost.connect(f"file://{tmp_path}", ttl=TTL) as rt:
+        endpoint = rt.endpoint("ns1.comp1.gen")
+        base = endpoint.register_model({"display_name": "base"})
+        lora = endpoint.register_model({"display_name": "my-lora"}, lora="my-lora")
+        hex_id = f"{rt.instance_id:x}"
+        mdc = tmp_path / "v1" / "mdc"
+        assert sorted(p.name for p in mdc.iterdir()) == [f"ns1%2Fcomp1%2Fgen%2F{hex_id}",
+                                                         f"ns1%2Fcomp1%2Fgen%2F{hex_id}%2Fmy%2Dlora"]
+        assert (mdc / f"ns1%2Fcomp1%2Fgen%2F{hex_id}").read_bytes() == base.model.to_json()
+        assert stat.S_IMODE((mdc / f"ns1%2Fcomp1%2Fgen%2F{hex_id}").stat().st_mode) == 0o600
+        lora.update_taints(["t"])  # rename() over the file: a new inode, Dynamo's watcher sees an update
+        assert b'"taints":["t"]' in (mdc / f"ns1%2Fcomp1%2Fgen%2F{hex_id}%2Fmy%2Dlora").read_bytes()
+    assert list(mdc.iterdir()) == []
+
+
+def test_a_card_dynamo_wrote_is_read_byte_for_byte_and_reaped_when_stale(tmp_path: Path) -> None:
+    path = _publish(tmp_path / "v1" / "mdc", DYNAMO_CARD_NAME, DYNAMO_CARD)
+    with waypost.connect(f"file://{tmp_path}", ttl=TTL) as rt, rt.watch_models("ns1") as watch:
+        [card] = rt.list_models("ns1.comp1.gen")
+        assert (card.to_json(), card.lora, card.display_name) == (DYNAMO_CARD, "my-lora", "my-lora")
+        assert watch.instances == [card]
+        old = time.time() - TTL - 1  # the Dynamo worker was SIGKILLed: nobody touches its file any more
+        os.utime(path, (old, old))
+        removed = watch.wait_for(lambda e: isinstance(e, Removed), TTL * 2)
+        assert isinstance(removed, Removed) and removed.instance == card
+    assert not path.exists()
+
+
+def test_revoking_another_processs_lease_removes_its_cards(tmp_path: Path) -> None:
+    with waypost.connect(f"file://{tmp_path}", ttl=TTL) as rt, waypost.connect(f"file://{tmp_path}", ttl=TTL) as other:
+        endpoint = other.endpoint("ns.c.e")
+        endpoint.register(TransportType.tcp("h:1"))
+        endpoint.register_model({"display_name": "m"})
+        endpoint.register_model({"display_name": "m"}, lora="l")
+        faults.crash(other)  # its backend forgets the files: only their names tie them to the lease
+        rt.backend.revoke_lease(other.instance_id)
+        assert rt.list_models() == [] and rt.list_instances() == []
+
+
+def test_event_records_in_their_buckets_are_read(tmp_path: Path) -> None:
+    scope = b'{"kind":"endpoint","endpoint":{"namespace":"ns1","component":"comp1","name":"gen"}}'
+    channel = (b'{"type":"EventChannel","scope":' + scope + b',"topic":"kv-events","instance_id":8960392117629846,'
+               b'"transport":{"kind":"Zmq","config":{"endpoint":"tcp://127.0.0.1:36997"}}}')
+    name = "namespace%2Fns1%2Fcomponent%2Fcomp1%2Fendpoint%2Fgen%2Ftopic%2Fkv%2Devents%2F1fd56ddd383396"
+    _publish(tmp_path / "v1" / "event_channels", name, channel)
+    with waypost.connect(f"file://{tmp_path}", ttl=TTL) as rt:
+        [record] = rt.list_event_channels("ns1.comp1")
+        assert (record.to_json(), record.address, record.instance_id) == (
+            channel, "tcp://127.0.0.1:36997", 8960392117629846)
+        assert rt.list_event_sources() == []

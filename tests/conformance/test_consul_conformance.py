@@ -12,6 +12,8 @@ import consul
 import pytest
 
 import servers
+import waypost
+from waypost import TransportType
 from waypost.contrib.conformance import BackendConformance, Harness
 
 TTL = 1.0
@@ -23,6 +25,9 @@ MASTER_TOKEN = "5c0a7e52-8d7c-4c55-9a53-waypost0test"
 # The narrowest policy the backend documents (module docstring, "ACL policy").
 POLICY = """
 key_prefix "v1/instances/" { policy = "write" }
+key_prefix "v1/mdc/" { policy = "write" }
+key_prefix "v1/event_channels/" { policy = "read" }
+key_prefix "v1/event_sources/" { policy = "read" }
 key_prefix "waypost/leases/" { policy = "write" }
 session_prefix "" { policy = "write" }
 """
@@ -84,12 +89,12 @@ def plain_consul() -> Iterator[servers.ConsulServer]:
         yield server
 
 
-def _policy_token(server: servers.ConsulServer) -> str:
-    """A new token holding only POLICY, made with the master token."""
+def _policy_token(server: servers.ConsulServer, rules: str = POLICY + ISOLATION_POLICY) -> str:
+    """A new token holding only ``rules`` (default: POLICY), made with the master token."""
     client = consul.Consul(host="127.0.0.1", port=server.port, token=MASTER_TOKEN)
     headers = {"X-Consul-Token": MASTER_TOKEN}
     name = f"waypost-{uuid.uuid4().hex[:12]}"
-    for path, body in (("/v1/acl/policy", {"Name": name, "Rules": POLICY + ISOLATION_POLICY}),
+    for path, body in (("/v1/acl/policy", {"Name": name, "Rules": rules}),
                        ("/v1/acl/token", {"Policies": [{"Name": name}]})):
         response = client.http.put(lambda r: r, path, data=json.dumps(body), headers=headers)
         assert response.code == 200, response.body
@@ -139,3 +144,12 @@ class TestConsulTLSConformance(BackendConformance):
         server, tls = tls_consul
         return _harness(server, "consuls", ca_cert=str(tls.ca), client_cert=str(tls.client_cert),
                         client_key=str(tls.client_key))
+
+
+def test_a_write_the_acl_denies_is_an_authentication_error(acl_consul: servers.ConsulServer) -> None:
+    instances_only = POLICY.replace('key_prefix "v1/mdc/" { policy = "write" }', "")
+    with waypost.connect(_ready(acl_consul).url, ttl=TTL, token=_policy_token(acl_consul, instances_only)) as rt:
+        endpoint = rt.namespace("acl").component("c").endpoint("e")
+        endpoint.register(TransportType.tcp("127.0.0.1:1"))
+        with pytest.raises(waypost.AuthenticationError, match=r"may not write v1/mdc/acl/c/e/.*ACL policy"):
+            endpoint.register_model({"display_name": "m"})

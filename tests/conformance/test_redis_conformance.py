@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import servers
+import waypost.core
 from waypost.contrib.conformance import BackendConformance, Harness
 
 # The narrowest ACL the backend documents: its commands only, keys under its prefix, no channels.
@@ -27,18 +28,19 @@ def _ready(server: servers.RedisServer) -> servers.RedisServer:
     return server
 
 
+BUCKETS = tuple(f"{bucket}/".encode() for bucket in waypost.core.BUCKETS)  # what the backend keeps in its index
 FOREIGN_LEASE = str(2**64 - 2)  # the other writer's lease: an id no test asks for
 
 
 def _raw(server: servers.RedisServer) -> dict[str, Any]:
-    """Plant and read as another writer would: instance keys (any bytes) into the backend's index and
+    """Plant and read as another writer would: record keys (any bytes) into the backend's index and
     values, owned by a lease that never expires (else the orphan sweep deletes them before the test
     reads them, whenever a keepalive comes first); anything else as plain Redis keys."""
     import redis
 
     def put(key: bytes, value: bytes) -> None:
         with redis.Redis(host=servers.HOST, port=server.port, password=server.password) as raw:
-            if key.startswith(b"v1/instances/"):
+            if key.startswith(BUCKETS):
                 # One transaction, as the backend's scripts write: a sweep running between the
                 # commands would find an indexed key without an owner and delete half of it.
                 with raw.pipeline(transaction=True) as step:
@@ -52,7 +54,7 @@ def _raw(server: servers.RedisServer) -> dict[str, Any]:
 
     def get(key: bytes) -> bytes | None:
         with redis.Redis(host=servers.HOST, port=server.port, password=server.password) as raw:
-            if key.startswith(b"v1/instances/"):
+            if key.startswith(BUCKETS):
                 return raw.hget("waypost:values", key)  # type: ignore[return-value]
             return raw.get(key)  # type: ignore[return-value]
 

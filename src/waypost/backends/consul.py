@@ -117,7 +117,11 @@ Connections
 
 ACL policy
     The token needs ``session_prefix "" { policy = "write" }`` and write on
-    ``key_prefix "<root>v1/instances/"`` and ``key_prefix "<root>waypost/leases/"``.
+    ``key_prefix "<root>v1/instances/"`` and ``key_prefix "<root>waypost/leases/"``;
+    publishing model cards needs write on ``key_prefix "<root>v1/mdc/"``, and
+    reading event channels and sources read on ``"<root>v1/event_channels/"``
+    and ``"<root>v1/event_sources/"``. A write the token may not make is an
+    ``AuthenticationError``.
 
 Caveats
     py-consul ≥ 1.8 (``pip install 'waypost[consul]'``) carries the HTTP.
@@ -772,6 +776,7 @@ class ConsulBackend(Backend):
     def grant_lease(self, ttl: float, preferred_id: int | None = None) -> Lease:
         self._check()
         self.silence_limit = max(ttl, 1.0)
+        expired = 0
         while True:
             lease_id = preferred_id or random_instance_id()
             session = self._create_session(lease_id, ttl)
@@ -788,6 +793,14 @@ class ConsulBackend(Backend):
                     self._lost.discard(lease_id)
                 return Lease(lease_id, ttl)
             self._destroy_quietly(session)
+            if any("invalid session" in e for e in errors):
+                # The session expired before the claim used it (a process starved for 2 x ttl, or an
+                # agent that lost it): claim again with a new one.
+                expired += 1
+                if expired < 3:
+                    continue
+                raise BackendUnavailable(f"{self.describe()}: three new sessions expired before they could claim an "
+                                         f"instance id (ttl {ttl:g} s): the agent or this process is overloaded")
             if not any("exists" in e for e in errors):
                 raise WaypostError(f"{self.describe()} refused to claim instance id {lease_id:x}: {errors}")
             if preferred_id is not None:
@@ -887,6 +900,9 @@ class ConsulBackend(Backend):
             raise LeaseLost(f"Consul session of lease {lease.id:x} is gone")
         if "exists" in text or "already held" in text:
             raise AlreadyRegistered(f"{key} is already registered")
+        if "Permission denied" in text:
+            raise AuthenticationError(f"{self.describe()}: the ACL token may not write {key}; see the ACL policy "
+                                      "in the consul backend docs")
         raise WaypostError(f"{self.describe()} refused to write {key}: {text}")
 
     def delete(self, lease: Lease, key: str) -> None:

@@ -13,8 +13,11 @@ URL grammar
     environment uses that default. A missing directory is created, parents too.
 
 Layout (design §3)
-    ``<root>/v1/instances/`` holds one file per registered endpoint instance.
-    Its name is the key relative to that bucket, ``ns/comp/ep/<hex id>``, with
+    ``<root>/v1/instances/`` holds one file per registered endpoint instance;
+    its siblings ``v1/mdc/`` (model cards), ``v1/event_channels/`` and
+    ``v1/event_sources/`` hold Dynamo's other record kinds the same way (all
+    four are created ``0700`` at ``connect()``). A file's name is the key
+    relative to its bucket, e.g. ``ns/comp/ep/<hex id>``, with
     every byte outside ``[A-Za-z0-9]`` written as ``%XX`` (uppercase hex), so
     ``dynamo/backend/generate/6f64a219dfbb2106`` is stored as
     ``dynamo%2Fbackend%2Fgenerate%2F6f64a219dfbb2106``. Its content is the
@@ -59,11 +62,11 @@ Options (URL query ``file:///dir?stale_after=10`` or ``connect()`` keywords)
         seconds between a watch's full directory scans (which also reap
         stale files). Default ``min(0.25, stale_after / 4)``.
     ``watcher``
-        ``auto`` (default): inotify through ``watchfiles`` when installed
-        (``pip install 'waypost[file]'``), else polling; ``inotify`` requires
-        it; ``poll`` never uses it. inotify only makes other processes'
-        changes arrive in milliseconds instead of within ``poll_interval``;
-        changes made by this process reach its watches at once either way.
+        ``auto`` (default): Linux inotify (through libc; nothing to install)
+        where available, else polling; ``inotify`` requires it; ``poll``
+        never uses it. inotify only makes other processes' changes arrive in
+        milliseconds instead of within ``poll_interval``; changes made by
+        this process reach its watches at once either way.
 
 Instance ids
     A random non-zero u64 per Runtime, or the ``instance_id`` you ask for
@@ -84,7 +87,8 @@ Trust and permissions
     them, so the backend refuses (``ConfigError`` at ``connect()``, naming the
     path, what it found and the fix) a store directory (the root,
     ``v1/``, ``v1/instances/``, ``.waypost/``, ``.waypost/leases/``) that is
-    a symbolic link, owned by another user, or writable by group or others.
+    a symbolic link, owned by another user, or writable by group or others
+    (the four buckets are checked the same way).
     Every directory is opened once without following links and every file
     operation names a file relative to that descriptor, never following a
     link: nothing outside the store is ever read, written, touched or
@@ -701,7 +705,7 @@ class FileBackend(Backend):
         Option("poll_interval", parse_float(0.01, 60.0), None,
                "seconds between a watch's directory scans (default: min(0.25, stale_after/4))"),
         Option("watcher", parse_choice("auto", "inotify", "poll"), "auto",
-               "how watches notice other processes' changes: inotify via watchfiles (auto, inotify) or polling"),
+               "how watches notice other processes' changes: inotify (auto, inotify) or polling"),
     )
     min_ttl: ClassVar[float] = 1.0
 

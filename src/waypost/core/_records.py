@@ -37,6 +37,7 @@ EVENT_CHANNELS = "v1/event_channels"
 EVENT_SOURCES = "v1/event_sources"
 #: Every key prefix of Dynamo's discovery plane, one per record kind (the file store's bucket directories).
 BUCKETS = (KEY_ROOT, MODELS, EVENT_CHANNELS, EVENT_SOURCES)
+RESERVED_TAINT_PREFIX = "dynamo.topology/"
 _SLUG = re.compile(r"[a-z0-9_-]+")
 _DECODE_ERRORS = (msgspec.MsgspecError, RecursionError, UnicodeError, TypeError)
 
@@ -151,9 +152,15 @@ class ModelCard(_Kind, tag="Model", frozen=True, gc=False, omit_defaults=True):
 
     def with_taints(self, taints: Iterable[str]) -> ModelCard:
         """This card with ``runtime_config.taints`` set to ``sorted(taints)``, every other byte as it was."""
-        values = sorted(set(taints))
+        if isinstance(taints, str):
+            raise ConfigError(f"taints must be an iterable of strings, not one string: {shorten(taints)}")
+        values = list(taints)
         if not all(isinstance(t, str) and t and t.isprintable() for t in values):
             raise ConfigError(f"taints must be non-empty printable strings, got {shorten(values)}")
+        values = sorted(set(values))
+        reserved = [t for t in values if t.startswith(RESERVED_TAINT_PREFIX)]
+        if reserved:  # Dynamo's update_model_taints refuses these too: Dynamo itself sets them
+            raise ConfigError(f"taint {reserved[0]!r} uses the reserved prefix {RESERVED_TAINT_PREFIX!r}")
         card = self.card
         runtime_config = card.get("runtime_config")
         card["runtime_config"] = {**(runtime_config if isinstance(runtime_config, dict) else {}), "taints": values}

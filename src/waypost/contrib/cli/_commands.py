@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -10,11 +11,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
 import waypost
+import waypost.core
 from waypost import EndpointId, Query, TransportType, WaypostError
 from waypost.core import (
     RUNTIME_OPTIONS,
@@ -82,38 +84,69 @@ def stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
+KINDS = {"instances": "instances", "models": "models", "event-channels": "event channels",
+         "event-sources": "event sources"}
+
+
+def kind_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Which of Dynamo's record kinds a command reads: ``--models`` and so on (default: endpoint instances)."""
+    for flag, help_text in (("--event-sources", "event sources (v1/event_sources)"),
+                            ("--event-channels", "event channels (v1/event_channels)"),
+                            ("--models", "model cards (v1/mdc)")):
+        func = click.option(flag, "kind", flag_value=flag[2:], help=f"{help_text} instead of endpoint instances")(func)
+    return click.option("--instances", "kind", flag_value="instances", default=True,
+                        help="endpoint instances (v1/instances; the default)")(func)
+
+
+def _lister(runtime: waypost.Runtime, kind: str) -> Callable[[Query], list[Any]]:
+    readers: dict[str, Callable[[Query], list[Any]]] = {
+        "instances": runtime.list_instances, "models": runtime.list_models,
+        "event-channels": runtime.list_event_channels, "event-sources": runtime.list_event_sources}
+    return readers[kind]
+
+
+def _watcher(runtime: waypost.Runtime, kind: str) -> Callable[[Query], waypost.Watch[Any]]:
+    watchers: dict[str, Callable[[Query], waypost.Watch[Any]]] = {
+        "instances": runtime.watch, "models": runtime.watch_models,
+        "event-channels": runtime.watch_event_channels, "event-sources": runtime.watch_event_sources}
+    return watchers[kind]
+
+
 # list -------------------------------------------------------------------------------------
 
 @cli.command("list")
 @click.argument("query", required=False)
+@kind_option
 @url_option
 @click.option("--json", "as_json", is_flag=True, help="one JSON object (the stored value) per line")
-def list_command(query: str | None, url: str | None, as_json: bool) -> None:
-    """List the instances matching QUERY, sorted."""
+def list_command(query: str | None, kind: str, url: str | None, as_json: bool) -> None:
+    """List the instances (or models, event channels, event sources) matching QUERY, sorted."""
     parsed = _query(query)
     with waypost.connect(url) as runtime:
-        instances = runtime.list_instances(parsed)
+        records = _lister(runtime, kind)(parsed)
     if as_json:
-        for instance in instances:
-            click.echo(_format.json_line(instance.to_dict()))
-    elif instances:
-        click.echo(_format.instance_table(instances))
+        for record in records:
+            click.echo(_format.json_line(_format.record_json(record)))
+    elif records:
+        click.echo(_format.record_table(records))
     else:
-        click.echo(f"no instances match {parsed}", err=True)
+        click.echo(f"no {KINDS[kind]} match {parsed}", err=True)
 
 
 # watch ------------------------------------------------------------------------------------
 
 @cli.command()
 @click.argument("query", required=False)
+@kind_option
 @url_option
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per event")
-def watch(query: str | None, url: str | None, as_json: bool) -> None:
-    """Print the instances matching QUERY, then every change, with timestamps, until Ctrl-C."""
+def watch(query: str | None, kind: str, url: str | None, as_json: bool) -> None:
+    """Print the instances (or models, …) matching QUERY, then every change, with timestamps, until Ctrl-C."""
     parsed = _query(query)
-    with waypost.connect(url) as runtime, runtime.watch(parsed) as events, stop_on_signals() as stop:
+    with waypost.connect(url) as runtime, stop_on_signals() as stop, _watcher(runtime, kind)(parsed) as events:
         if not as_json:
-            click.echo(f"watching {parsed} on {runtime.backend.describe()} (Ctrl-C to stop)", err=True)
+            click.echo(f"watching {KINDS[kind]} of {parsed} on {runtime.backend.describe()} (Ctrl-C to stop)",
+                       err=True)
         while not stop.is_set():
             event = events.get(timeout=0.2)
             if event is not None:
@@ -153,23 +186,58 @@ def parse_metadata(pairs: tuple[str, ...]) -> dict[str, str] | None:
 @click.option("--metadata", "-m", multiple=True, metavar="KEY=VALUE", help="string metadata; repeatable")
 @click.option("--device-type", type=click.Choice(["cpu", "cuda"]), default=None)
 @click.option("--ttl", type=float, default=None, help="lease ttl in seconds (default 10)")
+@click.option("--model-card", "card_file", type=click.File("rb"), default=None, metavar="FILE",
+              help="also publish this model deployment card (Dynamo's card_json, a JSON object; - for stdin)")
+@click.option("--lora", default=None, metavar="NAME", help="the card is for this LoRA adapter (needs --model-card)")
 @url_option
 def register(endpoint: str, transport_text: str, metadata: tuple[str, ...], device_type: str | None,
-             ttl: float | None, url: str | None) -> None:
-    """Register ENDPOINT (ns.comp.ep) and keep it alive until Ctrl-C or SIGTERM, then remove it."""
+             ttl: float | None, card_file: BinaryIO | None, lora: str | None, url: str | None) -> None:
+    """Register ENDPOINT (ns.comp.ep) and keep it alive until Ctrl-C or SIGTERM, then remove it.
+
+    With --model-card, the endpoint also serves that model (Dynamo's frontend lists a model once
+    both its card and an instance of its endpoint are registered).
+    """
     endpoint_id = EndpointId.parse(endpoint)
     transport = parse_transport(transport_text)
+    if lora is not None and card_file is None:
+        raise click.BadParameter("--lora names the LoRA adapter of a --model-card: give one", param_hint="--lora")
+    card = _read_card(card_file) if card_file is not None else None  # checked before anything is registered
     options = {} if ttl is None else {"ttl": ttl}
     with stop_on_signals() as stop, waypost.connect(url, **options) as runtime:
         registration = runtime.endpoint(endpoint_id).register(transport, device_type=device_type,
                                                               metadata=parse_metadata(metadata))
+        model = "" if card is None else f" serving {_register_card(runtime, endpoint_id, card, lora)}"
         click.echo(f"registered {endpoint_id} as instance {_format.short_id(runtime.instance_id)} "
-                   f"({transport}) on {runtime.backend.describe()}; Ctrl-C to remove it")
+                   f"({transport}){model} on {runtime.backend.describe()}; Ctrl-C to remove it")
         while not stop.wait(0.2):
             if runtime.closed:  # on_lease_lost=shutdown: nothing is registered any more
                 raise click.ClickException("the lease was lost and the Runtime shut down; the endpoint is gone")
         registration.unregister()
     click.echo(f"removed {endpoint_id} instance {_format.short_id(registration.instance.instance_id)}")
+
+
+def _read_card(card_file: BinaryIO) -> bytes:
+    card = card_file.read(waypost.core.MAX_VALUE_BYTES + 1)
+    if len(card) > waypost.core.MAX_VALUE_BYTES:
+        raise click.BadParameter(f"the card has more than the {waypost.core.MAX_VALUE_BYTES} bytes a value may have",
+                                 param_hint="--model-card")
+    try:
+        parsed = json.loads(card)
+    except ValueError as exc:
+        raise click.BadParameter(f"the card is not JSON: {exc}", param_hint="--model-card") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter(f"the card must be a JSON object, got a JSON {type(parsed).__name__}",
+                                 param_hint="--model-card")
+    return card
+
+
+def _register_card(runtime: waypost.Runtime, endpoint_id: EndpointId, card: bytes, lora: str | None) -> str:
+    try:
+        model = runtime.endpoint(endpoint_id).register_model(card, lora=lora).model
+    except waypost.ConfigError as exc:
+        raise click.BadParameter(_one_line(exc), param_hint="--model-card") from None
+    name = _format.printable(model.display_name or model.slug or "?")
+    return f"model {name}" + (f" (LoRA {model.lora})" if model.lora else "")
 
 
 # backends ---------------------------------------------------------------------------------

@@ -7,10 +7,21 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from waypost import Added, EventChannel, Instance, Interrupted, ModelCard, RecordEvent, Removed, Resynced, Updated
+from waypost import (
+    Added,
+    EventChannel,
+    EventSource,
+    Instance,
+    Interrupted,
+    ModelCard,
+    RecordEvent,
+    Removed,
+    Resynced,
+    Updated,
+)
 
-__all__ = ["clock", "event_json", "event_line", "instance_table", "json_line", "model_table", "printable",
-           "record_json", "short_id", "transport_text"]
+__all__ = ["clock", "event_json", "event_line", "instance_table", "json_line", "printable",
+           "record_json", "record_table", "short_id", "transport_text"]
 
 INSTANCE_HEADERS = ("NAMESPACE", "COMPONENT", "ENDPOINT", "INSTANCE", "TRANSPORT", "DEVICE", "METADATA")
 
@@ -143,9 +154,26 @@ def event_line(event: RecordEvent[Any], now: float | None = None) -> str:
 
 
 MODEL_HEADERS = ("NAMESPACE", "COMPONENT", "ENDPOINT", "INSTANCE", "MODEL", "LORA", "TYPE", "TAINTS")
+EVENT_HEADERS = ("NAMESPACE", "COMPONENT", "ENDPOINT", "TOPIC", "PUBLISHER", "TRANSPORT")
 
 
-def model_table(cards: Sequence[ModelCard]) -> str:
-    rows = [(c.namespace, c.component, c.endpoint, short_id(c.instance_id), printable(_model_name(c)),
-             c.lora or "-", printable(c.model_type or "-"), printable(",".join(c.taints)) or "-") for c in cards]
-    return table(MODEL_HEADERS, rows)
+def model_row(card: ModelCard) -> tuple[str, ...]:
+    return (card.namespace, card.component, card.endpoint, short_id(card.instance_id),
+            printable(_model_name(card)), card.lora or "-", printable(card.model_type or "-"),
+            printable(",".join(card.taints)) or "-")
+
+
+def event_row(record: EventChannel | EventSource) -> tuple[str, ...]:
+    publisher = record.instance_id if isinstance(record, EventChannel) else record.publisher_id
+    transport = (record.address or record.transport_kind or "-") if isinstance(record, EventChannel) else "-"
+    return (record.namespace, record.component or "-", record.endpoint or "-", printable(record.topic),
+            short_id(publisher), printable(transport))
+
+
+def record_table(records: Sequence[Any]) -> str:
+    """A table of records of one kind: instances, model cards, or event channels/sources."""
+    if all(isinstance(r, Instance) for r in records):
+        return instance_table(records)
+    if all(isinstance(r, ModelCard) for r in records):
+        return table(MODEL_HEADERS, [model_row(r) for r in records])
+    return table(EVENT_HEADERS, [event_row(r) for r in records])

@@ -408,6 +408,126 @@ class BackendConformance:
         wait_until(lambda: len(client.instances()) == 2, 5.0, what="client drops a closed server")
         client.close()
 
+    # -- Dynamo's other record kinds: model cards, event channels, event sources ------------------
+    def test_model_cards_register_list_and_unregister(self, backend: Harness, ns: str) -> None:
+        rt, other = backend.connect(), backend.connect()
+        ep = rt.namespace(ns).component("c").endpoint("e")
+        instance = ep.register(_tcp(1))
+        base = ep.register_model(_CARD)
+        lora = ep.register_model(_card("My-LoRA.v2"), lora="My-LoRA.v2")
+        other.namespace(ns).component("d").endpoint("e").register_model(_CARD)
+        hex_id = f"{rt.instance_id:x}"
+        assert [m.key for m in rt.list_models(f"{ns}.c.e")] == [f"v1/mdc/{ns}/c/e/{hex_id}",
+                                                                 f"v1/mdc/{ns}/c/e/{hex_id}/my-lora_v2"]
+        assert rt.list_models(f"{ns}.c.e") == [base.model, lora.model]
+        assert len(rt.list_models(Query.namespace(ns))) == 3 and rt.list_models(f"{ns}x") == []
+        assert rt.list_instances(Query.namespace(ns)) == [instance.instance]  # the kinds never mix
+        stored = backend.peek(base.model.key.encode())
+        assert stored == base.model.to_json() and bytes(base.model.card_json) == _CARD_BYTES, (
+            "a model card must be stored as Dynamo writes it, card_json byte for byte")
+        assert (base.model.display_name, base.model.model_type, base.model.lora, lora.model.lora) == (
+            "probe-model", "Chat", None, "my-lora_v2")
+        again = ep.register_model(_CARD)  # the same slot again: an update, not a conflict
+        assert again.model == base.model and len(rt.list_models(f"{ns}.c.e")) == 2
+        lora.unregister()
+        assert rt.list_models(f"{ns}.c.e") == [base.model]
+        assert rt.list_instances(Query.namespace(ns)) == [instance.instance]  # a card's removal leaves the instance
+
+    def test_watch_models_sees_added_updated_and_removed(self, backend: Harness, ns: str) -> None:
+        rt = backend.connect()
+        ep = rt.namespace(ns).component("c").endpoint("e")
+        with rt.watch_models(Query.namespace(ns)) as models, rt.watch(Query.namespace(ns)) as instances:
+            card = ep.register_model(_CARD)
+            added = models.wait_for(lambda e: isinstance(e, Added), GRACE * 4)
+            assert isinstance(added, Added) and added.instance == card.model
+            card.update_taints(["zeta", "alpha"])
+            updated = models.wait_for(lambda e: isinstance(e, waypost.Updated), GRACE * 4)
+            assert isinstance(updated, waypost.Updated), "a taint update must reach watchers as Updated"
+            assert (updated.previous.taints, updated.instance.taints) == ((), ("alpha", "zeta"))
+            assert bytes(updated.instance.card_json) == _CARD_BYTES.replace(
+                b'"runtime_config":{}', b'"runtime_config":{"taints":["alpha","zeta"]}')
+            assert rt.list_models(Query.namespace(ns)) == [card.model] and card.model.taints == ("alpha", "zeta")
+            card.unregister()
+            removed = models.wait_for(lambda e: isinstance(e, Removed), GRACE * 4)
+            assert isinstance(removed, Removed) and removed.instance.key == card.model.key
+            assert instances.get(timeout=0) is None, "a watch of instances saw a model card"
+
+    def test_model_cards_follow_the_lease(self, backend: Harness, ns: str) -> None:
+        observer, rt = backend.connect(), backend.connect()
+        ep = rt.namespace(ns).component("c").endpoint("e")
+        ep.register(_tcp(1))
+        card = ep.register_model(_CARD)
+        card.update_taints(["t"])
+        with observer.watch_models(Query.namespace(ns)) as watch:
+            observer.backend.revoke_lease(rt.instance_id)
+            wait_until(lambda: observer.list_models(Query.namespace(ns)) == [card.model],
+                       backend.ttl + GRACE * 4, what="the card re-registered after the lease loss")
+            assert card.model.taints == ("t",), "a re-registered card must keep its taints"
+            rt.close()
+            assert observer.list_models(Query.namespace(ns)) == [], "close() must remove the cards at once"
+            wait_until(lambda: watch.instances == [], GRACE * 4, what="the watch sees the close")
+        crashed = backend.connect()
+        crashed.namespace(ns).component("c").endpoint("e").register_model(_CARD)
+        with observer.watch_models(Query.namespace(ns)) as watch:
+            assert len(watch.instances) == 1
+            faults.crash(crashed)
+            assert watch.wait_for(lambda e: isinstance(e, Removed), backend.ttl + backend.expiry_bound + GRACE), (
+                "a crashed Runtime's model card outlived ttl + expiry_bound")
+
+    def test_model_card_input_errors_are_config_errors(self, backend: Harness, ns: str) -> None:
+        rt = backend.connect()
+        ep = rt.namespace(ns).component("c").endpoint("e")
+        for bad, fragment in (([1], "JSON object"), ("{nope", "not JSON"), ({"x": object()}, "not JSON data")):
+            with pytest.raises(waypost.ConfigError, match=fragment):
+                ep.register_model(bad)  # type: ignore[arg-type]
+        with pytest.raises(waypost.ConfigError, match="LoRA name"):
+            ep.register_model(_CARD, lora="")
+        instance = ep.register(_tcp(1))
+        with pytest.raises(waypost.ConfigError, match="only model cards have taints"):
+            instance.update_taints(["x"])
+        card = ep.register_model(_CARD)
+        with pytest.raises(waypost.ConfigError, match="printable"):
+            card.update_taints(["bad\n"])
+        with pytest.raises(waypost.ConfigError, match=r"reserved prefix 'dynamo\.topology/'"):
+            card.update_taints(["ok", "dynamo.topology/zone"])
+        with pytest.raises(waypost.ConfigError, match="not one string"):
+            card.update_taints("gpu")  # a str is an Iterable[str]: it would be the taints g, p, u
+        assert [m.taints for m in rt.list_models(Query.namespace(ns))] == [()]
+
+    def test_event_channels_and_sources_written_by_dynamo_are_read(self, backend: Harness, ns: str) -> None:
+        rt = backend.connect()
+        publisher = random_instance_id() >> 12  # Dynamo's publisher ids are below 2**53
+        records = _event_records(ns, publisher)
+        for key, value in records.items():
+            backend.plant(key.encode(), value)
+        [channel] = rt.list_event_channels(Query.namespace(ns))
+        [source] = rt.list_event_sources(f"{ns}.c.e")
+        assert (channel.topic, channel.address, channel.namespace, channel.endpoint) == (
+            "kv-events", "tcp://127.0.0.1:36997", ns, "e")
+        assert (source.publisher_id, source.topic) == (publisher, "kv-events")
+        assert {channel.key: channel.to_json(), source.key: source.to_json()} == records, (
+            "event records must re-encode byte for byte")
+        assert rt.list_event_channels(f"{ns}.other") == []
+        with rt.watch_event_channels(Query.namespace(ns)) as watch:
+            assert watch.instances == [channel]
+        assert rt.list_instances(Query.namespace(ns)) == [] and rt.list_models(Query.namespace(ns)) == []
+
+    def test_async_model_cards(self, backend: Harness, ns: str) -> None:
+        url, options = backend.url, {"ttl": backend.ttl, **backend.options}
+
+        async def main() -> None:
+            async with waypost.aio.connect(url, **options) as rt, rt.watch_models(Query.namespace(ns)) as models:
+                card = await rt.namespace(ns).component("c").endpoint("e").register_model(_CARD, lora="a")
+                assert await rt.list_models(ns) == [card.model]
+                assert isinstance(await models.wait_for(lambda e: isinstance(e, Added), GRACE * 4), Added)
+                await card.update_taints({"x"})
+                updated = await models.wait_for(lambda e: isinstance(e, waypost.Updated), GRACE * 4)
+                assert isinstance(updated, waypost.Updated) and updated.instance.taints == ("x",)
+                await card.unregister()
+                assert await rt.list_models(ns) == []
+
+        asyncio.run(main())
+
     # -- bad data and bad input -----------------------------------------------------------
     def test_corrupt_and_foreign_values_are_skipped(self, backend: Harness, ns: str) -> None:
         rt = backend.connect()
@@ -485,10 +605,11 @@ class BackendConformance:
             later = rt.namespace(ns).component("c").endpoint("later").register(_tcp(2))
             wait_until(lambda: later.instance in watch.instances, GRACE * 4, what="the watch still works")
 
-    def test_nothing_outside_the_instances_prefix_is_touched(self, backend: Harness, ns: str) -> None:
+    def test_nothing_outside_dynamos_buckets_is_touched(self, backend: Harness, ns: str) -> None:
         rt = backend.connect()
         stale = waypost.Instance(ns, "c", "e", random_instance_id(), _tcp(9)).to_json()
-        outside = {f"v1/instancesX/{ns}/c/e/1".encode(): stale, f"v1/mdc/{ns}/c/e/1".encode(): stale,
+        outside = {f"v1/instancesX/{ns}/c/e/1".encode(): stale, f"v1/mdcX/{ns}/c/e/1".encode(): stale,
+                   f"v1/other/{ns}/c/e/1".encode(): stale,
                    f"v1/instances-{ns}/c/e/1".encode(): stale, f"{ns}/v1/instances/{ns}/c/e/1".encode(): stale}
         for key, value in outside.items():
             backend.plant(key, value)
@@ -505,7 +626,7 @@ class BackendConformance:
         observer.backend.revoke_lease(crashed.instance_id)
         rt.close()
         for key, value in outside.items():
-            assert backend.peek(key) == value, f"{key!r} outside the instances prefix was changed"
+            assert backend.peek(key) == value, f"{key!r} outside Dynamo's buckets was changed"
 
     def test_bad_input_is_a_clear_error_and_stores_nothing(self, backend: Harness, ns: str) -> None:
         rt = backend.connect()
@@ -742,6 +863,30 @@ class BackendConformance:
                 assert await events.wait_for(lambda e: isinstance(e, Resynced), backend.interrupt_bound * 2)
 
         asyncio.run(main())
+
+
+def _card(name: str) -> dict[str, Any]:
+    """A model deployment card as Dynamo 1.6 writes one (``card_json``), trimmed."""
+    return {"display_name": name, "slug": name, "source_path": "/nonexistent/model", "model_info": None,
+            "tokenizer": None, "context_length": 0, "kv_cache_block_size": 0, "migration_limit": 0,
+            "model_type": "Chat", "model_input": "Text", "worker_type": "aggregated", "needs": [],
+            "runtime_config": {}, "media_decoder": None, "media_fetcher": None}
+
+
+_CARD = _card("probe-model")
+_CARD_BYTES = json.dumps(_CARD, separators=(",", ":")).encode()
+
+
+def _event_records(ns: str, publisher: int) -> dict[str, bytes]:
+    """An event channel and an event source exactly as a Dynamo 1.6 KvEventPublisher writes them."""
+    scope = f'{{"kind":"endpoint","endpoint":{{"namespace":"{ns}","component":"c","name":"e"}}}}'
+    path = f"namespace/{ns}/component/c/endpoint/e/topic/kv-events/{publisher:x}"
+    channel = (f'{{"type":"EventChannel","scope":{scope},"topic":"kv-events","instance_id":{publisher},'
+               '"transport":{"kind":"Zmq","config":{"endpoint":"tcp://127.0.0.1:36997"}}}')
+    source = (f'{{"type":"EventSource","scope":{scope},"topic":"kv-events","publisher_id":{publisher},'
+              f'"metadata":{{"kv_state_endpoint":{{"namespace":"{ns}","component":"c","name":"e"}},'
+              f'"worker":{{"worker_id":12345,"dp_rank":0}},"publisher_id":{publisher}}}}}')
+    return {f"v1/event_channels/{path}": channel.encode(), f"v1/event_sources/{path}": source.encode()}
 
 
 def _hostile_values(ns: str, instance_id: int) -> dict[str, bytes]:
