@@ -111,3 +111,110 @@ class TestRedisTLSConformance(BackendConformance):
         options = {"ca_cert": tls.ca, "client_cert": tls.client_cert, "client_key": tls.client_key}
         return Harness(url=_ready(server).url, options=options, ttl=1.0, expiry_bound=1.0, server=server,
                        restart_loses_data=True, unreachable_url=_closed_port_url("rediss"), bad_urls=BAD_URLS)
+
+
+# -- highly available Redis: Sentinel and Cluster -----------------------------------------------------
+# The fault hooks act on the current primary (of the waypost hash slot, on a cluster): kill = SIGKILL
+# (a fail-over follows), restart = wait for the fail-over and start the old primary as a replica,
+# pause/resume = SIGSTOP/SIGCONT of the primary. A fail-over takes ~2 s (Sentinel) to ~2.5 s (Cluster):
+# the bound on an outage is larger than a single server's.
+HA_TIMEOUT = 2.0  # redis calls; keeps the fault tests (paused or dead primary) short
+HA_INTERRUPT_BOUND = 4.0
+
+SENTINEL_BAD_URLS = {
+    "redis+sentinel://127.0.0.1:1": "SERVICE",
+    "redis+sentinel:///mymaster": "at least one host",
+    "redis+sentinel://127.0.0.1:1/mymaster/zero": "database",
+    "redis+sentinel://127.0.0.1:1/mymaster?ca_cert=/etc/hostname": "TLS scheme",
+    "rediss+sentinel://127.0.0.1:1/mymaster?client_key=/etc/hostname": "go together",
+    "redis://127.0.0.1:1/0?sentinel_password=x": "only for redis+sentinel",
+    "redis+sentinel://127.0.0.1:1/mymaster?wait_replicas=1&wait_timeout=9": "less than timeout",
+}
+CLUSTER_BAD_URLS = {
+    "redis+cluster://": "at least one host",
+    "redis+cluster://127.0.0.1:1?prefix=waypost:": "hash tag",
+    "redis+cluster://127.0.0.1:1?prefix={}:": "hash tag",
+    "redis+cluster://127.0.0.1:1/1": "only database 0",
+    "redis+cluster://127.0.0.1:1?ca_cert=/etc/hostname": "TLS scheme",
+    "rediss+cluster://127.0.0.1:1?client_cert=/etc/hostname": "go together",
+}
+
+
+@pytest.fixture(scope="module")
+def sentinel_set() -> Iterator[servers.RedisSentinelSet]:
+    with servers.RedisSentinelSet() as sentinels:
+        yield sentinels
+
+
+@pytest.fixture(scope="module")
+def cluster_set() -> Iterator[servers.RedisClusterSet]:
+    with servers.RedisClusterSet() as cluster:
+        yield cluster
+
+
+def _raw_ha(client: Any, prefix: str) -> dict[str, Any]:
+    """Like :func:`_raw`, through ``client`` (one that follows the primary: Sentinel's, or a cluster client).
+
+    One long-lived client: the plants must land quickly, before the orphan sweep gets to them.
+    """
+    def put(key: bytes, value: bytes) -> None:
+        if key.startswith(b"v1/instances/"):
+            client.zadd(prefix + "index", {key: 0})
+            client.hset(prefix + "values", key, value)
+        else:
+            client.set(key, value)
+
+    def get(key: bytes) -> bytes | None:
+        if key.startswith(b"v1/instances/"):
+            return client.hget(prefix + "values", key)  # type: ignore[no-any-return]
+        return client.get(key)  # type: ignore[no-any-return]
+
+    return {"raw_put": put, "raw_get": get}
+
+
+@pytest.fixture(scope="module")
+def sentinel_raw(sentinel_set: servers.RedisSentinelSet) -> Iterator[Any]:
+    import redis.sentinel
+
+    sentinel = redis.sentinel.Sentinel(sentinel_set.sentinel_addresses, socket_timeout=2.0)
+    client = sentinel.master_for(sentinel_set.service, socket_timeout=2.0)
+    yield client
+    client.close()
+    sentinel.close()
+
+
+@pytest.fixture(scope="module")
+def cluster_raw(cluster_set: servers.RedisClusterSet) -> Iterator[Any]:
+    import redis.cluster
+
+    client = redis.cluster.RedisCluster(startup_nodes=[redis.cluster.ClusterNode(*n.address)
+                                                       for n in cluster_set.nodes], socket_timeout=2.0)
+    yield client
+    client.close()
+
+
+class TestRedisSentinelConformance(BackendConformance):
+    """``redis+sentinel://``: a primary, a replica and three Sentinels; the faults hit the primary."""
+
+    @pytest.fixture
+    def harness(self, sentinel_set: servers.RedisSentinelSet, sentinel_raw: Any) -> Harness:
+        sentinel_set.heal()
+        return Harness(url=sentinel_set.url, options={"timeout": HA_TIMEOUT}, ttl=1.0, expiry_bound=1.0,
+                       server=sentinel_set.faults(), restart_loses_data=False,
+                       unreachable_url=f"redis+sentinel://127.0.0.1:{servers.free_port()}/mymaster",
+                       interrupt_bound=HA_INTERRUPT_BOUND, bad_urls=SENTINEL_BAD_URLS,
+                       **_raw_ha(sentinel_raw, "waypost:"))
+
+
+class TestRedisClusterConformance(BackendConformance):
+    """``redis+cluster://``: 3 primaries + 3 replicas; the faults hit the primary of the ``{waypost}`` slot."""
+
+    @pytest.fixture
+    def harness(self, cluster_set: servers.RedisClusterSet, cluster_raw: Any) -> Harness:
+        cluster_set.heal()
+        return Harness(url=cluster_set.url, options={"timeout": HA_TIMEOUT}, ttl=1.0, expiry_bound=1.0,
+                       server=cluster_set.faults(), restart_loses_data=False,
+                       unreachable_url=f"redis+cluster://127.0.0.1:{servers.free_port()}",
+                       interrupt_bound=HA_INTERRUPT_BOUND, bad_urls=CLUSTER_BAD_URLS,
+                       prefixes=("{wp-iso-a}:", "{wp-iso-b}:"),
+                       **_raw_ha(cluster_raw, "{waypost}:"))
