@@ -690,7 +690,11 @@ class RedisClusterSet(_Set):
                     return False
                 if int(info["cluster_slots_pfail"]) or int(info["cluster_slots_fail"]):
                     return False
-            return all(self._replicating(node) for node in self.primaries())
+            primaries = self.primaries()
+            listed = sum(len(self.replicas_of(node)) for node in primaries)
+            if listed != len(live) - len(primaries):  # every running replica is known as one
+                return False
+            return all(self._replicating(node) for node in primaries)
         _wait(healthy, timeout or self.start_timeout, "a healthy cluster", interval=0.05)
 
     def _replicating(self, primary: _Node) -> bool:
@@ -710,6 +714,9 @@ class RedisClusterSet(_Set):
                 node.resume()
         for node in self.nodes:
             if not node.running:
+                ranges = self.slots_of(node)  # still a primary: its replica must take over first
+                if ranges:
+                    self.wait_failover(node, slot=ranges[0][0], timeout=timeout or self.start_timeout)
                 self.restart(node, timeout)
         self.wait_healthy(timeout)
 

@@ -137,8 +137,9 @@ Sentinel
     (a ttl shorter than the fail-over) re-register. Measured on loopback with
     ``down-after-milliseconds 1000`` and fast ``SENTINEL DEBUG`` timers:
     writes work again ~2 s after a SIGKILL of the primary, ~2.3 s after a
-    SIGSTOP. Choose a ttl longer than the fail-over (down-after-milliseconds
-    plus a few seconds) so that leases survive it.
+    SIGSTOP; a watch is back within its retry backoff (at most 2 s) after
+    that. Choose a ttl longer than the fail-over (down-after-milliseconds plus
+    a few seconds) so that leases survive it.
 
 Cluster
     All keys share one hash slot — the prefix's hash tag, ``{waypost}`` by
@@ -192,12 +193,13 @@ Confirmed writes (``wait_replicas``)
     undone; a warning is logged). This narrows the window in which an
     acknowledged registration can be lost, it does not close it (the
     replication stays asynchronous, and the detection above still does the
-    repair). Measured on loopback (Sentinel, 1 replica, hiredis, median of
-    2000 writes): see ``tests/test_redis_ha.py::test_wait_replicas_cost`` —
-    roughly +0.05 to 0.1 ms per write with a healthy replica, and ``wait_timeout``
-    (rounded up to 100 ms) per write while no replica is up (after a fail-over
-    until the old primary rejoins). Off by default: the keepalive-side
-    detection repairs a loss within ttl/3 anyway.
+    repair). Measured on loopback, one replica, on a busy 2-core machine
+    (median of 2000 writes, ``tests/test_redis_ha.py::test_wait_replicas_cost``):
+    a write takes 0.30 ms, 0.51 ms with ``wait_replicas=1`` (Sentinel); 0.42
+    and 0.84 ms (Cluster); while no replica answers (after a fail-over, until
+    the old primary rejoins as a replica) each write takes ``wait_timeout``
+    rounded up to Redis's 100 ms clock, ~150 ms at the default 0.1 s. Off by
+    default: the detection above repairs a loss within a keepalive period.
 
 ACL
     A user limited to the prefix works (tested); the narrowest rule is::
@@ -212,7 +214,7 @@ ACL
     Add ``+wait`` for ``wait_replicas``, and for Redis Cluster ``+cluster|slots
     +command`` (what redis-py's cluster client asks at connect) with the key
     pattern of the tagged prefix (``~{waypost}:*``). Sentinels with their own
-    users need ``+sentinel|masters`` for ``sentinel_username``. Coarser and also
+    users need ``+sentinel|masters`` for ``sentinel_username`` (all three tested). Coarser and also
     tested: ``-@all +@read +@write +@scripting +@stream +@connection +time``.
     No channels, no ``CONFIG``, no ``CLIENT`` commands.
 
@@ -722,12 +724,18 @@ def _translate_cluster(exc: rexc.RedisClusterException, context: str) -> Waypost
     """redis-py's cluster client errors, which are not ``RedisError``s."""
     if isinstance(exc, rexc.SlotNotCoveredError):
         return BackendUnavailable(f"{context}: {exc}")
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(cause, rexc.RedisError):  # no startup node could be reached: why
-        return _translate(cause, context)
-    if "Cluster mode is not enabled" in str(exc) or "Cluster mode is not enabled" in str(cause):
-        return ConfigError(f"{context}: not a Redis Cluster node (cluster mode is not enabled); use redis:// "
-                           "or redis+sentinel:// for it")
+    chain: list[BaseException] = []  # "cannot be connected" wraps why: the last node's error, and its cause
+    link: BaseException | None = exc
+    while link is not None and len(chain) < 5:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    redis_error = next((e for e in chain if isinstance(e, rexc.RedisError)), None)
+    if isinstance(redis_error, rexc.ResponseError) and not isinstance(redis_error, rexc.NoPermissionError):
+        # CLUSTER SLOTS refused: redis-py says "Cluster mode is not enabled on this node"
+        return ConfigError(f"{context}: not a Redis Cluster node (cluster mode is not enabled: {redis_error}); "
+                           "use redis:// or redis+sentinel:// for it")
+    if redis_error is not None:  # no startup node could be reached, or the credentials or ACL are wrong
+        return _translate(redis_error, context)
     return WaypostError(f"{context}: Redis Cluster client error: {exc}")
 
 
@@ -947,8 +955,9 @@ class RedisBackend(Backend):
         return self._topology
 
     def _new_client(self, *, watch_timeout: float) -> Any:
-        """A watch's own single connection, whose socket timeout is ``watch_timeout``."""
-        return self._clients.dedicated(watch_timeout)
+        """A watch's own single connection, whose socket timeout is ``watch_timeout`` (it connects at once)."""
+        with self._boundary("redis watch"):
+            return self._clients.dedicated(watch_timeout)
 
     @contextlib.contextmanager
     def _boundary(self, what: str) -> Iterator[None]:
