@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import statistics
 import time
 import uuid
@@ -184,6 +185,23 @@ def lease_losses() -> Iterator[_LeaseLosses]:
     waypost.register_plugin(plugin)
     yield plugin
     waypost.unregister_plugin(plugin)
+
+
+# -- the fixtures themselves ----------------------------------------------------------------------------
+
+def test_the_sets_start_on_loopback_and_leave_nothing_behind() -> None:
+    for make in (RedisSentinelSet, RedisClusterSet):
+        target = make().start()
+        pids = [node.process.pid for node in target.nodes]
+        assert all(pids) and target.startup_seconds is not None and target.startup_seconds < 30
+        assert all(host == "127.0.0.1" for host, _ in (node.address for node in target.nodes))
+        assert target.workdir.exists()
+        target.close()
+        target.close()  # idempotent
+        assert not target.workdir.exists()
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
 
 
 # -- URLs and options (no server) --------------------------------------------------------------------

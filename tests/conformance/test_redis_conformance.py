@@ -27,24 +27,22 @@ def _ready(server: servers.RedisServer) -> servers.RedisServer:
     return server
 
 
-def _raw(server: servers.RedisServer) -> dict[str, Any]:
+def _raw(client: Any, prefix: str) -> dict[str, Any]:
     """Plant and read as another writer would: instance keys (any bytes) into the backend's index and
-    values, without an owner (the orphan sweep may take them); anything else as plain Redis keys."""
-    import redis
-
+    values, without an owner (the orphan sweep may take them: hence one long-lived ``client``, so that
+    the plants land quickly), anything else as plain Redis keys. ``client`` follows the primary.
+    """
     def put(key: bytes, value: bytes) -> None:
-        with redis.Redis(host=servers.HOST, port=server.port, password=server.password) as raw:
-            if key.startswith(b"v1/instances/"):
-                raw.zadd("waypost:index", {key: 0})
-                raw.hset("waypost:values", key, value)
-            else:
-                raw.set(key, value)
+        if key.startswith(b"v1/instances/"):
+            client.zadd(prefix + "index", {key: 0})
+            client.hset(prefix + "values", key, value)
+        else:
+            client.set(key, value)
 
     def get(key: bytes) -> bytes | None:
-        with redis.Redis(host=servers.HOST, port=server.port, password=server.password) as raw:
-            if key.startswith(b"v1/instances/"):
-                return raw.hget("waypost:values", key)  # type: ignore[return-value]
-            return raw.get(key)  # type: ignore[return-value]
+        if key.startswith(b"v1/instances/"):
+            return client.hget(prefix + "values", key)  # type: ignore[no-any-return]
+        return client.get(key)  # type: ignore[no-any-return]
 
     return {"raw_put": put, "raw_get": get}
 
@@ -70,6 +68,15 @@ def plain_redis() -> Iterator[servers.RedisServer]:
 
 
 @pytest.fixture(scope="module")
+def plain_raw(plain_redis: servers.RedisServer) -> Iterator[Any]:
+    import redis
+
+    client = redis.Redis(host=servers.HOST, port=plain_redis.port, socket_timeout=2.0)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
 def acl_redis() -> Iterator[servers.RedisServer]:
     with servers.RedisServer(acl_user=("wp-user", "s3cret:pw@x", "waypost:*"), acl_commands=ACL_COMMANDS) as server:
         yield server
@@ -84,11 +91,11 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[server
 
 class TestRedisConformance(BackendConformance):
     @pytest.fixture
-    def harness(self, plain_redis: servers.RedisServer) -> Harness:
+    def harness(self, plain_redis: servers.RedisServer, plain_raw: Any) -> Harness:
         server = _ready(plain_redis)
         return Harness(url=server.url, ttl=1.0, expiry_bound=1.0, server=server,
                        restart_loses_data=True, unreachable_url=_closed_port_url("redis"), bad_urls=BAD_URLS,
-                       **_raw(server))
+                       **_raw(plain_raw, "waypost:"))
 
 
 class TestRedisACLConformance(BackendConformance):
@@ -152,26 +159,6 @@ def cluster_set() -> Iterator[servers.RedisClusterSet]:
         yield cluster
 
 
-def _raw_ha(client: Any, prefix: str) -> dict[str, Any]:
-    """Like :func:`_raw`, through ``client`` (one that follows the primary: Sentinel's, or a cluster client).
-
-    One long-lived client: the plants must land quickly, before the orphan sweep gets to them.
-    """
-    def put(key: bytes, value: bytes) -> None:
-        if key.startswith(b"v1/instances/"):
-            client.zadd(prefix + "index", {key: 0})
-            client.hset(prefix + "values", key, value)
-        else:
-            client.set(key, value)
-
-    def get(key: bytes) -> bytes | None:
-        if key.startswith(b"v1/instances/"):
-            return client.hget(prefix + "values", key)  # type: ignore[no-any-return]
-        return client.get(key)  # type: ignore[no-any-return]
-
-    return {"raw_put": put, "raw_get": get}
-
-
 @pytest.fixture(scope="module")
 def sentinel_raw(sentinel_set: servers.RedisSentinelSet) -> Iterator[Any]:
     import redis.sentinel
@@ -203,7 +190,7 @@ class TestRedisSentinelConformance(BackendConformance):
                        server=sentinel_set.faults(), restart_loses_data=False,
                        unreachable_url=f"redis+sentinel://127.0.0.1:{servers.free_port()}/mymaster",
                        interrupt_bound=HA_INTERRUPT_BOUND, bad_urls=SENTINEL_BAD_URLS,
-                       **_raw_ha(sentinel_raw, "waypost:"))
+                       **_raw(sentinel_raw, "waypost:"))
 
 
 class TestRedisClusterConformance(BackendConformance):
@@ -217,4 +204,4 @@ class TestRedisClusterConformance(BackendConformance):
                        unreachable_url=f"redis+cluster://127.0.0.1:{servers.free_port()}",
                        interrupt_bound=HA_INTERRUPT_BOUND, bad_urls=CLUSTER_BAD_URLS,
                        prefixes=("{wp-iso-a}:", "{wp-iso-b}:"),
-                       **_raw_ha(cluster_raw, "{waypost}:"))
+                       **_raw(cluster_raw, "{waypost}:"))

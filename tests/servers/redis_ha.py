@@ -35,7 +35,17 @@ from typing import Any
 from urllib.parse import quote
 
 from . import _process
-from ._process import DEFAULT_START_TIMEOUT, HOST, ServerError, _Process, _track, _untrack, _write_config, find_binary
+from ._process import (
+    DEFAULT_START_TIMEOUT,
+    HOST,
+    ServerError,
+    _port_in_use_msg,
+    _Process,
+    _track,
+    _untrack,
+    _write_config,
+    find_binary,
+)
 from .tls import TLSFiles
 
 SENTINEL_DEBUG = {  # SENTINEL DEBUG <param> <ms> (Redis defaults: 10000/1000/1000/2000/10000)
@@ -227,6 +237,12 @@ class _Node:
     def kill(self) -> None:
         self.process.kill()
 
+    def new_ports(self) -> None:
+        """Other free ports (after a clash), and no cluster state from the failed start."""
+        self.port = _process.free_port()
+        self.bus_port = _process.free_port() if self.bus_port is not None else None
+        (self.dir / "nodes.conf").unlink(missing_ok=True)
+
     def pause(self) -> None:
         self.process.pause()
 
@@ -285,6 +301,21 @@ class _Set:
     def _kill_all(self) -> None:
         for node in self.nodes:
             node.kill()
+
+    def _start_retrying(self, start_once: Callable[[], None]) -> None:
+        """``start_once()``; if a port was taken meanwhile (by another process), new ports, up to 5 times."""
+        for attempt in range(5):
+            marks = [len(node.process.log_text()) for node in self.nodes]
+            try:
+                start_once()
+                return
+            except BaseException:
+                self._kill_all()
+                logs = "".join(node.process.log_text()[mark:] for node, mark in zip(self.nodes, marks, strict=True))
+                if attempt == 4 or not _port_in_use_msg(logs):
+                    raise
+            for node in self.nodes:
+                node.new_ports()
 
     def close(self) -> None:
         """Kill every process and remove the temp dir. Safe to call twice."""
@@ -370,30 +401,29 @@ class RedisSentinelSet(_Set):
     # lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> RedisSentinelSet:
         started = time.monotonic()
-        primary, *replicas = self.data_nodes
-        try:
-            primary.start(self.binary, self._node_config(primary, None))
-            for node in replicas:
-                node.start(self.binary, self._node_config(node, primary))
-            for node in self.sentinel_nodes:
-                node.start(self.binary, self._sentinel_config(node, primary))
-            for node in self.nodes:
-                _wait(lambda node=node: self.call(node, "PING", timeout=1.0) == "PONG", self.start_timeout,
-                      f"{node.name} answering PING", self.nodes)
-            if self.debug_timers:
-                args = [x for pair in SENTINEL_DEBUG.items() for x in pair]
-                for node in self.sentinel_nodes:
-                    self.call(node, "SENTINEL", "DEBUG", *args)
-            for node in replicas:
-                _wait(lambda node=node: self.info(node).get("master_link_status") == "up", self.start_timeout,
-                      f"{node.name} replicating", self.nodes)
-            self.wait_replication(primary, len(replicas))
-            self.wait_converged(primary)
-        except BaseException:
-            self._kill_all()
-            raise
+        self._start_retrying(self._start_once)
         self.startup_seconds = time.monotonic() - started
         return self
+
+    def _start_once(self) -> None:
+        primary, *replicas = self.data_nodes
+        primary.start(self.binary, self._node_config(primary, None))
+        for node in replicas:
+            node.start(self.binary, self._node_config(node, primary))
+        for node in self.sentinel_nodes:
+            node.start(self.binary, self._sentinel_config(node, primary))
+        for node in self.nodes:
+            _wait(lambda node=node: self.call(node, "PING", timeout=1.0) == "PONG", self.start_timeout,
+                  f"{node.name} answering PING", self.nodes)
+        if self.debug_timers:
+            args = [x for pair in SENTINEL_DEBUG.items() for x in pair]
+            for node in self.sentinel_nodes:
+                self.call(node, "SENTINEL", "DEBUG", *args)
+        for node in replicas:
+            _wait(lambda node=node: self.info(node).get("master_link_status") == "up", self.start_timeout,
+                  f"{node.name} replicating", self.nodes)
+        self.wait_replication(primary, len(replicas))
+        self.wait_converged(primary)
 
     def __enter__(self) -> RedisSentinelSet:
         return self.start()
@@ -641,19 +671,18 @@ class RedisClusterSet(_Set):
 
     def start(self) -> RedisClusterSet:
         started = time.monotonic()
-        try:
-            for node in self.nodes:
-                node.start(self.binary, self._config(node))
-            for node in self.nodes:
-                _wait(lambda node=node: self.call(node, "PING", timeout=1.0) == "PONG", self.start_timeout,
-                      f"{node.name} answering PING", self.nodes)
-            self._create()
-            self.wait_healthy()
-        except BaseException:
-            self._kill_all()
-            raise
+        self._start_retrying(self._start_once)
         self.startup_seconds = time.monotonic() - started
         return self
+
+    def _start_once(self) -> None:
+        for node in self.nodes:
+            node.start(self.binary, self._config(node))
+        for node in self.nodes:
+            _wait(lambda node=node: self.call(node, "PING", timeout=1.0) == "PONG", self.start_timeout,
+                  f"{node.name} answering PING", self.nodes)
+        self._create()
+        self.wait_healthy()
 
     def __enter__(self) -> RedisClusterSet:
         return self.start()
