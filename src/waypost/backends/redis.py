@@ -42,8 +42,8 @@ Options (keyword > URL query > environment > default)
                        replicas acknowledged it (``WAIT``, on the connection
                        that wrote; default 0: off). See "Confirmed writes".
     ``wait_timeout``   how long that wait may take, in seconds (default 0.1;
-                       Redis rounds it up to its 100 ms clock); less than
-                       ``timeout``.
+                       Redis checks it on its clock ticks, so up to 100 ms more
+                       at its default ``hz 10``); less than ``timeout``.
     ``ca_cert``, ``client_cert``, ``client_key``  PEM files for the TLS schemes
                        (the CA that verifies the servers, and an optional client
                        certificate; ``ssl_ca_certs``, ``ssl_certfile`` and
@@ -174,7 +174,8 @@ Lost writes after a fail-over
     is reachable again; watchers see the lease's instances removed and added
     back. A watch polls that its own last log entry is still there with its
     sequence number; if the log lacks it without having been trimmed past it,
-    the watch re-lists and emits ``Resynced`` ("a fail-over lost changes").
+    the watch re-lists and emits ``Resynced`` ("the Redis primary lacks
+    changes this watcher had seen").
     A lease whose grant itself was lost gets :class:`LeaseLost` as usual. A
     graceful close (revoke) that is lost leaves the instances until the
     lease's deadline, like a crash. Split brain: a primary that froze (SIGSTOP,
@@ -195,11 +196,12 @@ Confirmed writes (``wait_replicas``)
     replication stays asynchronous, and the detection above still does the
     repair). Measured on loopback, one replica, on a busy 2-core machine
     (median of 2000 writes, ``tests/test_redis_ha.py::test_wait_replicas_cost``):
-    a write takes 0.30 ms, 0.51 ms with ``wait_replicas=1`` (Sentinel); 0.42
-    and 0.84 ms (Cluster); while no replica answers (after a fail-over, until
-    the old primary rejoins as a replica) each write takes ``wait_timeout``
-    rounded up to Redis's 100 ms clock, ~150 ms at the default 0.1 s. Off by
-    default: the detection above repairs a loss within a keepalive period.
+    a write took 0.30 ms, 0.51 ms with ``wait_replicas=1`` on Sentinel (0.42
+    and 0.84 ms on Cluster; 0.75/0.95 and 0.84/1.47 ms in a busier run);
+    while no replica answers (after a fail-over, until the old primary rejoins
+    as a replica) each write takes ``wait_timeout`` plus up to one tick of
+    Redis's clock: 100-200 ms at the default 0.1 s. Off by default: the
+    detection above repairs a loss within a keepalive period anyway.
 
 ACL
     A user limited to the prefix works (tested); the narrowest rule is::
@@ -214,8 +216,9 @@ ACL
     Add ``+wait`` for ``wait_replicas``, and for Redis Cluster ``+cluster|slots
     +command`` (what redis-py's cluster client asks at connect) with the key
     pattern of the tagged prefix (``~{waypost}:*``). Sentinels with their own
-    users need ``+sentinel|masters`` for ``sentinel_username`` (all three tested). Coarser and also
-    tested: ``-@all +@read +@write +@scripting +@stream +@connection +time``.
+    users need ``+sentinel|masters`` for ``sentinel_username``. (All three
+    tested.) Coarser and also tested: ``-@all +@read +@write +@scripting
+    +@stream +@connection +time``.
     No channels, no ``CONFIG``, no ``CLIENT`` commands.
 
 Caveats
