@@ -26,6 +26,8 @@ Modules:
 - ``tls``: :class:`TLSFiles` and :func:`make_tls` (certificates made on the fly);
 - ``etcd``: :class:`EtcdServer`, :class:`EtcdCluster`;
 - ``redis``: :class:`RedisServer` and its raw RESP helpers;
+- ``redis_ha``: :class:`RedisSentinelSet` (primary + replica + 3 Sentinels) and
+  :class:`RedisClusterSet` (3 primaries + 3 replicas), with fault hooks on the primary;
 - ``consul``: :class:`ConsulServer`;
 - ``fixtures``: the pytest fixtures, with the one ``server_factory``.
 """
@@ -49,6 +51,7 @@ from .consul import ConsulServer
 from .etcd import EtcdCluster, EtcdServer
 from .redis import RedisServer
 from .redis import _resp_command as _resp_command
+from .redis_ha import RedisClusterSet, RedisSentinelSet
 from .tls import TLSFiles, make_tls
 
 __all__ = [
@@ -58,6 +61,8 @@ __all__ = [
     "ConsulServer",
     "EtcdCluster",
     "EtcdServer",
+    "RedisClusterSet",
+    "RedisSentinelSet",
     "RedisServer",
     "ServerBinaryMissing",
     "ServerError",

@@ -11,11 +11,12 @@ import pytest
 from .consul import ConsulServer
 from .etcd import EtcdCluster, EtcdServer
 from .redis import RedisServer
+from .redis_ha import RedisClusterSet, RedisSentinelSet
 from .tls import TLSFiles, make_tls
 
 # What ``server_factory`` makes, by kind.
 SERVER_KINDS: dict[str, Callable[..., Any]] = {
-    cls.kind: cls for cls in (EtcdServer, EtcdCluster, RedisServer, ConsulServer)
+    cls.kind: cls for cls in (EtcdServer, EtcdCluster, RedisServer, RedisSentinelSet, RedisClusterSet, ConsulServer)
 }
 
 
@@ -54,6 +55,9 @@ def server_factory() -> Iterator[Callable[..., Any]]:
     - ``"etcd"``: :class:`EtcdServer` ``(version="3.5", tls=None, client_cert_auth=False, **kw)``
     - ``"etcd-cluster"``: :class:`EtcdCluster` ``(size=3, version="3.5", tls=None, client_cert_auth=False)``
     - ``"redis"``: :class:`RedisServer` ``(password=None, acl_user=None, tls=None, **kw)``
+    - ``"redis-sentinel"``: :class:`RedisSentinelSet` ``(service="mymaster", replicas=1, sentinels=3,
+      password=None, sentinel_password=None, tls=None, **kw)``
+    - ``"redis-cluster"``: :class:`RedisClusterSet` ``(primaries=3, replicas=1, password=None, tls=None, **kw)``
     - ``"consul"``: :class:`ConsulServer` ``(tls=None, acl_token=None, **kw)``
     """
     made: list[Any] = []
