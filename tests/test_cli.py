@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -342,3 +343,22 @@ def test_register_refuses_a_card_that_is_not_a_json_object(url: str, tmp_path: P
 def test_lora_needs_a_model_card(url: str) -> None:
     result = CliRunner().invoke(cli, ["register", "a.b.c", "--transport", "tcp://h:1", "--lora", "x", "--url", url])
     assert result.exit_code == 2 and "--lora" in result.output
+
+
+def test_hostile_event_records_and_card_text_never_crash_or_reach_the_terminal(url: str, tmp_path: Path,
+                                                                              runtime: waypost.Runtime) -> None:
+    scope = '{"kind":"endpoint","endpoint":{"namespace":"ns","component":"c","name":"e"}}'
+    channel = (f'{{"type":"EventChannel","scope":{scope},"topic":"kv","instance_id":7,'
+               '"transport":{"kind":["Zmq"],"config":{"endpoint":5}}}')
+    directory = tmp_path / "v1" / "event_channels"
+    (directory / ".tmp_planted").write_text(channel)
+    os.link(directory / ".tmp_planted", directory / "namespace%2Fns%2Fcomponent%2Fc%2Fendpoint%2Fe%2Ftopic%2Fkv%2F7")
+    table = CliRunner().invoke(cli, ["list", "--event-channels", "--url", url])
+    assert table.exit_code == 0, table.output
+    assert table.stdout.splitlines()[1].split() == ["ns", "c", "e", "kv", "7", "-"]
+    runtime.endpoint("ns.c.e").register_model({"display_name": "evil\x9b31m\x1b]0;x\x07"})
+    for args in (["list", "--models"], ["list", "--models", "--json"]):
+        result = CliRunner().invoke(cli, [*args, "--url", url])
+        assert result.exit_code == 0, result.output
+        assert not any(c in result.stdout for c in "\x9b\x1b\x07"), result.stdout
+    assert json.loads(result.stdout)["card_json"]["display_name"] == "evil\x9b31m\x1b]0;x\x07"  # escaped, not lost

@@ -60,7 +60,7 @@ def test_metadata_written_only_when_set() -> None:
     b'{"type":"Endpoint","component":"c","endpoint":"e","namespace":"n","instance_id":18446744073709551616,'
     b'"transport":{"tcp":"x"}}',
     b'{"type":"Endpoint","component":"c","endpoint":"e","namespace":"n","instance_id":1,"transport":{"udp":"x"}}',
-    b'{"type":"Endpoint","component":"C","endpoint":"e","namespace":"n","instance_id":1,"transport":{"tcp":"x"}}',
+    b'{"type":"Endpoint","component":"C D","endpoint":"e","namespace":"n","instance_id":1,"transport":{"tcp":"x"}}',
     b'{"type":"Endpoint","component":"c","endpoint":"e","namespace":"n","instance_id":1,"transport":{"tcp":"x"},'
     b'"device_type":"tpu"}',
     b"\xff\xfe",

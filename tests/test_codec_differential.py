@@ -31,7 +31,9 @@ from waypost.core._instance import decode_batch
 
 PREFIX = "v1/instances/"
 MAX_ID = 2**64 - 1
-SEGMENT = re.compile(r"[a-z0-9_-]{1,63}")
+def _dynamo_segment(name: str) -> bool:
+    """What Dynamo accepts in a name, stated independently of waypost's regex: 1..255 of '!'..'~' but '.' and '/'."""
+    return 1 <= len(name) <= 255 and all("!" <= c <= "~" and c not in "./" for c in name)
 KINDS = ("nats_tcp", "http", "tcp")
 DEVICE_TYPES = (None, "cpu", "cuda")
 CODECS = (None, "msgpack", "json")
@@ -137,9 +139,9 @@ def reference(key: str, value: bytes) -> Fields | None:
     if not isinstance(doc, dict) or record_kind(value) != "Endpoint":
         return None
     namespace, component, endpoint = doc.get("namespace"), doc.get("component"), doc.get("endpoint")
-    if not isinstance(namespace, str) or not all(SEGMENT.fullmatch(part) for part in namespace.split(".")):
+    if not isinstance(namespace, str) or not all(_dynamo_segment(part) for part in namespace.split(".")):
         return None
-    if not all(isinstance(name, str) and SEGMENT.fullmatch(name) for name in (component, endpoint)):
+    if not all(isinstance(name, str) and _dynamo_segment(name) for name in (component, endpoint)):
         return None
     instance_id = doc.get("instance_id")
     if type(instance_id) is not int or not 0 <= instance_id <= MAX_ID:
@@ -195,7 +197,7 @@ def check(key: str, value: bytes) -> None:
 # -- strategies ---------------------------------------------------------------------------------------------------
 
 segments = st.text(st.sampled_from("abcxyz0189_-"), min_size=1, max_size=63)  # faster than from_regex
-near_names = st.text(st.sampled_from("abAZ09_-.\n /\x00é"), max_size=70) | segments
+near_names = st.text(st.sampled_from("abAZ09_-.\n /\x00é~+%"), max_size=70) | segments
 any_text = st.text(st.characters(codec=None), max_size=20)  # surrogates included
 json_leaf = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False)
              | any_text)
@@ -273,9 +275,11 @@ BOUNDARIES: dict[str, list[Any]] = {
     "transport": [{}, {"tcp": "a", "http": "b"}, {"tcp": "a", "http": "b", "nats_tcp": "c"}, {"udp": "x"},
                   {"TCP": "x"}, {"tcp": None}, {"tcp": 1}, {"tcp": ["x"]}, {"tcp": "a", "x": 1}, ["tcp", "x"],
                   "tcp:x", None, {"http": ""}, {"nats_tcp": "\x00\n"}],
-    "namespace": ["a" * 63, "a" * 64, "a.b", "a..b", ".a", "a.", "A", "a\n", "", "a" * 63 + "." + "b" * 63, 5],
-    "component": ["a" * 63, "a" * 64, "a.b", "-", "_", "A", "a\n", "\na", "", "é", None],
-    "endpoint": ["a" * 63, "a" * 64, "a/b", "0", "a b", "", ["a"]],
+    "namespace": ["a" * 63, "a" * 64, "a" * 255, "a" * 256, "a.b", "a..b", ".a", "a.", "A", "a\n", "",
+                  "a" * 63 + "." + "b" * 63, 5],
+    "component": ["a" * 63, "a" * 64, "a" * 255, "a" * 256, "a.b", "-", "_", "A", "~+!", "a\n", "\na", "",
+                  "é", "a\x7f", None],
+    "endpoint": ["a" * 63, "a" * 64, "a/b", "0", "a b", "", "Gen+1", ["a"]],
     "device_type": ["cpu", "cuda", None, "CPU", "gpu", "", 0, True, ["cpu"]],
     "request_plane_codec": ["msgpack", "json", None, "Msgpack", "xml", 1],
     "type": ["Endpoint", "Model", "endpoint", None, 1, ["Endpoint"]],

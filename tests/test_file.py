@@ -492,3 +492,25 @@ def test_event_records_in_their_buckets_are_read(tmp_path: Path) -> None:
         assert (record.to_json(), record.address, record.instance_id) == (
             channel, "tcp://127.0.0.1:36997", 8960392117629846)
         assert rt.list_event_sources() == []
+
+
+def test_one_unusable_bucket_does_not_take_the_others_down(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """v1/mdc swapped for a symbolic link: the instance must stay fresh, and revoke and close still work."""
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    with waypost.connect(f"file://{tmp_path}", ttl=1.0) as rt, waypost.connect(f"file://{tmp_path}", ttl=1.0) as peer:
+        endpoint = rt.endpoint("ns.c.e")
+        endpoint.register(TransportType.tcp("h:1"))
+        endpoint.register_model({"display_name": "m"})
+        peer.endpoint("ns.c.other").register(TransportType.tcp("h:2"))
+        mdc = tmp_path / "v1" / "mdc"
+        shutil.rmtree(mdc)
+        mdc.symlink_to(elsewhere)
+        with peer.watch("ns") as watch:  # several ttls of keepalives and reaping
+            assert watch.wait_for(lambda e: isinstance(e, Removed), 3.5) is None, "a live instance was reaped"
+        assert {i.endpoint for i in peer.list_instances("ns")} == {"e", "other"}
+        with pytest.raises(waypost.ConfigError, match="symbolic link"):
+            peer.list_models()
+    assert list(elsewhere.iterdir()) == []  # nothing was written through the link
+    assert list((tmp_path / "v1" / "instances").iterdir()) == []  # both closed cleanly: their files went
+    assert "could not revoke" not in caplog.text

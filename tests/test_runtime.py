@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 
@@ -104,3 +105,59 @@ def test_client_keeps_last_snapshot_when_its_runtime_closes(url: str) -> None:
     with pytest.raises(waypost.Closed):
         client.wait_for_instances(timeout=1, count=2)
     server.close()
+
+
+# -- model cards: what a careless caller can do --------------------------------------------------
+
+def test_taints_from_a_generator_survive_a_lease_loss_retry(url: str) -> None:
+    with waypost.connect(url, ttl=30) as rt, waypost.connect(url) as other:
+        card = rt.endpoint("n.c.e").register_model({"display_name": "m"})
+        other.backend.revoke_lease(rt.instance_id)  # noticed only by the write: it recovers, then retries
+        card.update_taints(t for t in ["beta", "alpha"])
+        assert card.model.taints == ("alpha", "beta")
+        assert [m.taints for m in other.list_models()] == [("alpha", "beta")]
+
+
+@pytest.mark.parametrize("taints", ["gpu", b"gpu", None, 5])
+def test_taints_that_are_not_an_iterable_of_strings_are_config_errors(url: str, taints: object) -> None:
+    with waypost.connect(url) as rt:
+        card = rt.endpoint("n.c.e").register_model({"display_name": "m"})
+        with pytest.raises(waypost.ConfigError, match="taints must be an iterable of strings"):
+            card.update_taints(taints)  # type: ignore[arg-type]
+
+        async def via_aio() -> None:
+            async_card = waypost.aio.Registration(waypost.aio.Runtime(rt), card)
+            with pytest.raises(waypost.ConfigError, match="taints must be an iterable of strings"):
+                await async_card.update_taints(taints)  # type: ignore[arg-type]
+
+        asyncio.run(via_aio())
+        assert card.model.taints == ()
+
+
+def test_a_card_no_reader_would_accept_is_refused_before_it_is_written(url: str) -> None:
+    from waypost.core import MAX_VALUE_BYTES
+
+    with waypost.connect(url) as rt:
+        endpoint = rt.endpoint("n.c.e")
+        with pytest.raises(waypost.ConfigError, match="stored value would have"):
+            endpoint.register_model({"display_name": "big", "blob": "x" * (MAX_VALUE_BYTES - 100)})
+        card = endpoint.register_model({"display_name": "m"}, lora="l")
+        with pytest.raises(waypost.ConfigError, match="stored value would have"):
+            card.update_taints(f"taint-{n}" for n in range(25_000))
+        assert rt.list_models() == [card.model] and card.model.taints == ()
+
+
+def test_two_lora_names_with_one_slug_are_refused_not_overwritten(url: str) -> None:
+    with waypost.connect(url) as rt:
+        endpoint = rt.endpoint("n.c.e")
+        first = endpoint.register_model({"display_name": "A.b"}, lora="A.b")
+        with pytest.raises(waypost.AlreadyRegistered, match="same slug 'a_b'"):
+            endpoint.register_model({"display_name": "a_b"}, lora="a_b")
+        assert rt.list_models() == [first.model] and first.model.card["display_name"] == "A.b"
+        again = endpoint.register_model({"display_name": "A.b", "v": 2}, lora="A.b")  # the same LoRA: an update
+        assert again is first and rt.list_models()[0].card["v"] == 2
+
+
+def test_a_card_that_is_not_valid_text_is_a_config_error(url: str) -> None:
+    with waypost.connect(url) as rt, pytest.raises(waypost.ConfigError, match="not valid text"):
+        rt.endpoint("n.c.e").register_model('{"a":"\ud800"}')

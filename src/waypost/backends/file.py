@@ -845,17 +845,25 @@ class FileBackend(Backend):
             owned = self._owned.get(lease.id)
             if owned is None:
                 raise LeaseLost(f"file:// lease {lease.id:x} was revoked")
-            used = sorted({bucket for bucket, _, _ in owned.values()})
-            with self._tree.using(LEASE_DIR, *used) as (leases, *buckets):
-                dirs = dict(zip(used, buckets, strict=True))
+            with self._tree.using(LEASE_DIR) as (leases,):
                 marker = f"{lease.id:x}"
                 missing = [] if leases.touch_if_held(marker, self._markers.get(lease.id)) else [
                     f"{leases.path}/{marker}"]
-                missing += [f"{dirs[bucket].path}/{name}" for bucket, name, fd in owned.values()
-                            if not dirs[bucket].touch_if_held(name, fd)]
+            # Bucket by bucket: one that cannot be used (replaced, made untrusted) must not stop the
+            # files in the others from being kept fresh.
+            unusable: WaypostError | None = None
+            for bucket_name in sorted({bucket for bucket, _, _ in owned.values()}):
+                try:
+                    with self._tree.using(bucket_name) as (bucket,):
+                        missing += [f"{bucket.path}/{name}" for in_bucket, name, fd in owned.values()
+                                    if in_bucket == bucket_name and not bucket.touch_if_held(name, fd)]
+                except (ConfigError, BackendUnavailable) as exc:
+                    unusable = unusable or exc
         if missing:
             raise LeaseLost(f"{missing[0]} was removed or replaced: it went stale and was reaped, "
                             "or another process revoked the lease (and may hold its id now)")
+        if unusable is not None:
+            raise BackendUnavailable(f"file:// store: cannot keep this Runtime's files alive: {unusable}")
         # Watches reap every reap_interval; a keepalive only when nobody did for a whole stale_after
         # (no watcher alive), so its own cost stays O(its files) however big the store is.
         self._maybe_reap(max(self.reap_interval, self.stale_after))
@@ -866,37 +874,48 @@ class FileBackend(Backend):
             mine = self._owned.pop(lease_id, None)
             marker_fd = self._markers.pop(lease_id, None)
             try:
-                with self._tree.using(LEASE_DIR, *BUCKETS) as (leases, *buckets):
-                    self._revoke(lease_id, mine, marker_fd, leases, dict(zip(BUCKETS, buckets, strict=True)))
+                with self._tree.using(LEASE_DIR) as (leases,):
+                    self._revoke(lease_id, mine, marker_fd, leases)
             finally:
                 _close(marker_fd)
                 for _, _, fd in (mine or {}).values():
                     _close(fd)
 
-    def _revoke(self, lease_id: int, mine: Mapping[str, _Mine] | None, marker_fd: int | None, leases: _Dir,
-                dirs: Mapping[str, _Dir]) -> None:
+    def _revoke(self, lease_id: int, mine: Mapping[str, _Mine] | None, marker_fd: int | None,
+                leases: _Dir) -> None:
         marker = f"{lease_id:x}"
-        if mine is not None and leases.holds(marker, marker_fd) is None:
-            # We lost this lease and another Runtime may hold the id now: only our own files go.
-            for key, (bucket, name, fd) in sorted(mine.items()):
-                held = dirs[bucket].holds(name, fd)
-                if held is not None and dirs[bucket].unlink(name, held):
-                    self._shared.publish("delete", key)
+        if mine is not None:
+            # Our own lease: we know its files. If we lost it, another Runtime may hold the id now:
+            # only the very files we wrote go (holds() compares them), and its lease file stays.
+            ours = leases.holds(marker, marker_fd) is not None
+            for bucket_name, directory in self._each_bucket({bucket for bucket, _, _ in mine.values()}):
+                for key, (in_bucket, name, fd) in sorted(mine.items()):
+                    held = directory.holds(name, fd) if in_bucket == bucket_name else None
+                    if held is not None and directory.unlink(name, held):
+                        self._shared.publish("delete", key)
+            if ours:
+                leases.unlink(marker)
             return
-        # Our own lease: we know its files. Another Runtime's: find the files its id names, and what
-        # a write of its left half done (the process was killed mid-write).
-        doomed = {key: (bucket, name) for key, (bucket, name, _) in mine.items()} if mine is not None else {
-            key: (bucket, name) for bucket in _LEASED for key, name, _ in self._scan(dirs[bucket], bucket, "")
-            if _names_lease(key[len(bucket) + 1:], marker)}
-        if mine is None:
-            for directory in dirs.values():
-                for name in directory.names():
-                    if name.startswith(_tmp_prefix(lease_id)):
-                        directory.unlink(name)
-        for key, (bucket, name) in sorted(doomed.items()):
-            if dirs[bucket].unlink(name):
-                self._shared.publish("delete", key)
+        # Another Runtime's: the files its id names, and what a write of its left half done (the
+        # process was killed mid-write).
+        for bucket_name, directory in self._each_bucket(BUCKETS):
+            for name in directory.names():
+                if name.startswith(_tmp_prefix(lease_id)):
+                    directory.unlink(name)
+            if bucket_name in _LEASED:
+                for key, name, _ in self._scan(directory, bucket_name, ""):
+                    if _names_lease(key[len(bucket_name) + 1:], marker) and directory.unlink(name):
+                        self._shared.publish("delete", key)
         leases.unlink(marker)
+
+    def _each_bucket(self, names: Iterable[str]) -> Iterator[tuple[str, _Dir]]:
+        """Each bucket in turn; one that cannot be used is skipped with a warning, not fatal to the rest."""
+        for bucket_name in sorted(names):
+            try:
+                with self._tree.using(bucket_name) as (bucket,):
+                    yield bucket_name, bucket
+            except (ConfigError, BackendUnavailable) as exc:
+                self._warn_once(bucket_name, f"file:// store: skipping {bucket_name}/: {exc}")
 
     def _require_lease(self, lease: Lease) -> dict[str, _Mine]:
         owned = self._owned.get(lease.id)
@@ -1138,9 +1157,8 @@ class FileBackend(Backend):
         return True
 
     def _reap_everything(self) -> None:
-        with self._tree.using(*BUCKETS) as dirs:
-            for bucket_name, bucket in zip(BUCKETS, dirs, strict=True):
-                self._scan(bucket, bucket_name, "")
+        for bucket_name, bucket in self._each_bucket(BUCKETS):
+            self._scan(bucket, bucket_name, "")
         self._reap_markers()
 
     # watching ------------------------------------------------------------------------------

@@ -343,7 +343,7 @@ class Registration:
 
     async def update_taints(self, taints: Iterable[str]) -> None:
         """Set a model card's taints; see :meth:`waypost.Registration.update_taints`."""
-        await _off_loop(self.sync.update_taints, list(taints))
+        await _off_loop(self.sync.update_taints, taints)
 
     async def unregister(self) -> None:
         """Remove the registration from the store now (no-op if already removed)."""

@@ -80,7 +80,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from ._errors import CodecError, ConfigError, shorten
-from ._names import EndpointId, namespace_ok, segment_ok, validate_namespace, validate_segment
+from ._names import EndpointId, dynamo_namespace_ok, dynamo_segment_ok, validate_namespace, validate_segment
 
 __all__ = [
     "KEY_ROOT",
@@ -484,13 +484,13 @@ def _problem(record: Instance, value: bytes | bytearray | memoryview | str | Non
         return f"transport must name exactly one of {', '.join(_TRANSPORT_KINDS)}, got {kinds}"
     namespace, component, endpoint = record.namespace, record.component, record.endpoint
     if namespace not in _KNOWN_NAMESPACES:
-        if not namespace_ok(namespace):
+        if not dynamo_namespace_ok(namespace):  # read what Dynamo writes; Instance() checks waypost's rule
             return f"invalid namespace name {shorten(namespace)}"
         if len(_KNOWN_NAMESPACES) < _KNOWN_MAX:
             _KNOWN_NAMESPACES.add(namespace)
     for kind, name in (("component", component), ("endpoint", endpoint)):
         if name not in _KNOWN_SEGMENTS:
-            if not segment_ok(name):
+            if not dynamo_segment_ok(name):
                 return f"invalid {kind} name {shorten(name)}"
             if len(_KNOWN_SEGMENTS) < _KNOWN_MAX:
                 _KNOWN_SEGMENTS.add(name)

@@ -1,8 +1,15 @@
 """Naming rules shared by every handle and every backend key.
 
-A segment (namespace part, component, endpoint) matches ``^[a-z0-9_-]+$`` and
-is 1..63 characters long. A child namespace is written ``parent.child``, each
-part a valid segment.
+A segment (namespace part, component, endpoint) that waypost *registers*
+matches ``^[a-z0-9_-]+$`` and is 1..63 characters long. A child namespace is
+written ``parent.child``, each part a valid segment.
+
+Names waypost *reads* (in stored records, queries and endpoint ids) follow
+the wider rule of what Dynamo's runtime accepts and writes (``VllmWorker``,
+``comp~X``, ``gen+1`` are all real): 1..255 printable ASCII characters other
+than space, ``.`` and ``/``. So a Dynamo deployment's endpoints are listed,
+watched and picked whatever their names, while waypost's own registrations
+stay within the strict rule.
 
 Every check accepts any object and raises :class:`InvalidName` (never
 ``TypeError``, ``RecursionError`` or a huge message): names come from users,
@@ -19,7 +26,8 @@ import msgspec
 
 from ._errors import InvalidName, shorten
 
-__all__ = ["EndpointId", "service_name", "validate_namespace", "validate_segment"]
+__all__ = ["EndpointId", "service_name", "validate_dynamo_namespace", "validate_dynamo_segment", "validate_namespace",
+           "validate_segment"]
 
 MAX_SEGMENT = 63
 _SEGMENT = re.compile(r"[a-z0-9_-]{1,63}")
@@ -28,6 +36,10 @@ _SEGMENT = re.compile(r"[a-z0-9_-]{1,63}")
 _NAMESPACE = re.compile(r"[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*")
 _RULE = "1 to 63 characters from [a-z0-9_-]"
 _SLUG_UNSAFE = re.compile(r"[^a-z0-9_-]")
+# What Dynamo accepts: printable ASCII from '!' to '~' except '.' (0x2e) and '/' (0x2f).
+_DYNAMO_SEGMENT = re.compile(r"[!-\-0-~]{1,255}")
+_DYNAMO_NAMESPACE = re.compile(r"[!-\-0-~]{1,255}(?:\.[!-\-0-~]{1,255})*")
+_DYNAMO_RULE = "1 to 255 printable ASCII characters other than space, '.' and '/'"
 _CACHED_NAMESPACE = 255  # longer namespaces are checked every time, never cached
 
 
@@ -56,6 +68,35 @@ def validate_namespace(value: object) -> str:
             "(a child namespace is written 'parent.child')"
         )
     return value
+
+
+def validate_dynamo_segment(kind: str, value: object) -> str:
+    """Like :func:`validate_segment`, with the rule of names Dynamo writes (for reading)."""
+    if not isinstance(value, str) or not dynamo_segment_ok(value):
+        got = "" if isinstance(value, str) else f", got {type(value).__name__}"
+        raise InvalidName(f"invalid {kind} name {shorten(value)}: must be {_DYNAMO_RULE}{got}")
+    return value
+
+
+def validate_dynamo_namespace(value: object) -> str:
+    """Like :func:`validate_namespace`, with the rule of names Dynamo writes (for reading)."""
+    if not isinstance(value, str) or not dynamo_namespace_ok(value):
+        got = "" if isinstance(value, str) else f", got {type(value).__name__}"
+        raise InvalidName(f"invalid namespace name {shorten(value)}: must be {_DYNAMO_RULE} "
+                          f"(a child namespace is written 'parent.child'){got}")
+    return value
+
+
+def dynamo_segment_ok(value: str) -> bool:
+    """True if ``value`` (a str) is a segment Dynamo could have written."""
+    return len(value) <= 255 and (_segment_ok(value) or _DYNAMO_SEGMENT.fullmatch(value) is not None)
+
+
+def dynamo_namespace_ok(value: str) -> bool:
+    """True if ``value`` (a str) is a (possibly dotted) namespace Dynamo could have written."""
+    if len(value) <= _CACHED_NAMESPACE and _namespace_ok(value):
+        return True
+    return len(value) <= 4096 and _DYNAMO_NAMESPACE.fullmatch(value) is not None
 
 
 def segment_ok(value: str) -> bool:
@@ -99,9 +140,10 @@ class EndpointId(msgspec.Struct, frozen=True, order=True, gc=False):
     name: str
 
     def __post_init__(self) -> None:
-        validate_namespace(self.namespace)
-        validate_segment("component", self.component)
-        validate_segment("endpoint", self.name)
+        # An address: it may name a Dynamo endpoint outside waypost's stricter rule for what it registers.
+        validate_dynamo_namespace(self.namespace)
+        validate_dynamo_segment("component", self.component)
+        validate_dynamo_segment("endpoint", self.name)
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.component}/{self.name}"

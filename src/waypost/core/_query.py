@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._errors import ConfigError
 from ._instance import KEY_ROOT, Instance
-from ._names import EndpointId, validate_namespace, validate_segment
+from ._names import EndpointId, validate_dynamo_namespace, validate_dynamo_segment
 
 __all__ = ["Query"]
 
@@ -27,10 +27,10 @@ class Query:
     def __init__(self, *levels: str) -> None:
         if len(levels) > 3:
             raise ConfigError(f"a Query has at most 3 levels (namespace, component, endpoint), got {len(levels)}")
-        if levels:
-            validate_namespace(levels[0])
+        if levels:  # a query reads: any name Dynamo could have written
+            validate_dynamo_namespace(levels[0])
         for kind, value in zip(("component", "endpoint"), levels[1:], strict=False):
-            validate_segment(kind, value)
+            validate_dynamo_segment(kind, value)
         object.__setattr__(self, "levels", tuple(levels))
 
     def __setattr__(self, name: str, value: object) -> None:

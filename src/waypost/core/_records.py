@@ -28,7 +28,7 @@ import msgspec
 
 from ._errors import CodecError, ConfigError, shorten
 from ._instance import KEY_ROOT, MAX_INSTANCE_ID, MAX_VALUE_BYTES, Rejected, record_type
-from ._names import validate_namespace, validate_segment
+from ._names import validate_dynamo_namespace, validate_dynamo_segment, validate_namespace, validate_segment
 
 __all__ = ["BUCKETS", "EventChannel", "EventSource", "ModelCard", "decode_records", "lora_slug"]
 
@@ -54,7 +54,10 @@ def _json_object(value: msgspec.Raw | bytes | str | Mapping[str, Any], what: str
     if isinstance(value, msgspec.Raw):
         raw = bytes(value)
     elif isinstance(value, bytes | str):
-        raw = value.encode() if isinstance(value, str) else value
+        try:
+            raw = value.encode() if isinstance(value, str) else value
+        except UnicodeEncodeError:
+            raise ConfigError(f"{what} is not valid text (a lone surrogate?)") from None
     elif isinstance(value, Mapping):
         try:
             raw = msgspec.json.encode(value)
@@ -151,7 +154,11 @@ class ModelCard(_Kind, tag="Model", frozen=True, gc=False, omit_defaults=True):
         return tuple(t for t in taints if isinstance(t, str)) if isinstance(taints, list) else ()
 
     def with_taints(self, taints: Iterable[str]) -> ModelCard:
-        """This card with ``runtime_config.taints`` set to ``sorted(taints)``, every other byte as it was."""
+        """This card with ``runtime_config.taints`` set to ``sorted(taints)``.
+
+        The card is re-encoded compactly (as Dynamo does): its fields keep their order and values, and
+        only ``runtime_config.taints`` changes.
+        """
         if isinstance(taints, str):
             raise ConfigError(f"taints must be an iterable of strings, not one string: {shorten(taints)}")
         values = list(taints)
@@ -164,7 +171,7 @@ class ModelCard(_Kind, tag="Model", frozen=True, gc=False, omit_defaults=True):
         card = self.card
         runtime_config = card.get("runtime_config")
         card["runtime_config"] = {**(runtime_config if isinstance(runtime_config, dict) else {}), "taints": values}
-        return msgspec.structs.replace(self, card_json=msgspec.Raw(msgspec.json.encode(card)))
+        return _fits(msgspec.structs.replace(self, card_json=msgspec.Raw(msgspec.json.encode(card))))
 
     def __str__(self) -> str:
         suffix = f"/{self.model_suffix}" if self.model_suffix is not None else ""
@@ -235,15 +242,18 @@ class EventChannel(_EventRecord, tag="EventChannel", frozen=True, gc=False, omit
 
     @property
     def transport_kind(self) -> str | None:
+        """The transport's ``kind`` (``Zmq``…), if it is a string."""
         value = msgspec.json.decode(self.transport)
-        return value.get("kind") if isinstance(value, dict) else None
+        kind = value.get("kind") if isinstance(value, dict) else None
+        return kind if isinstance(kind, str) else None
 
     @property
     def address(self) -> str | None:
-        """The transport's ``config.endpoint`` (e.g. ``tcp://127.0.0.1:5555`` for ZMQ), if any."""
+        """The transport's ``config.endpoint`` (e.g. ``tcp://127.0.0.1:5555`` for ZMQ), if it is a string."""
         value = msgspec.json.decode(self.transport)
         config = value.get("config") if isinstance(value, dict) else None
-        return config.get("endpoint") if isinstance(config, dict) else None
+        address = config.get("endpoint") if isinstance(config, dict) else None
+        return address if isinstance(address, str) else None
 
 
 class EventSource(_EventRecord, tag="EventSource", frozen=True, gc=False, omit_defaults=True):
@@ -264,25 +274,32 @@ class _Decoded(NamedTuple):
     check: Any
 
 
+def _require_object(raw: msgspec.Raw, what: str) -> None:
+    """A kept-raw part must decode, all of it, to a JSON object: the accessors then never fail."""
+    if not isinstance(msgspec.json.decode(raw), dict):
+        raise CodecError(f"{what} is not a JSON object")
+
+
 def _check_model(card: ModelCard) -> None:
-    validate_namespace(card.namespace)
-    validate_segment("component", card.component)
-    validate_segment("endpoint", card.endpoint)
+    validate_dynamo_namespace(card.namespace)
+    validate_dynamo_segment("component", card.component)
+    validate_dynamo_segment("endpoint", card.endpoint)
     if not 0 <= card.instance_id <= MAX_INSTANCE_ID:
         raise CodecError(f"instance_id {card.instance_id} is outside 0..2**64-1")
-    if bytes(card.card_json)[:1] != b"{":
-        raise CodecError("card_json is not a JSON object")
+    _require_object(card.card_json, "card_json")
     if card.model_suffix is not None and _SLUG.fullmatch(card.model_suffix) is None:
         raise CodecError(f"model_suffix {shorten(card.model_suffix)} is not a slug")
 
 
 def _check_event(record: EventChannel | EventSource) -> None:
     namespace, component, endpoint = record._scope()
-    validate_namespace(namespace)
+    validate_dynamo_namespace(namespace)
     if component is not None:
-        validate_segment("component", component)
+        validate_dynamo_segment("component", component)
     if endpoint is not None:
-        validate_segment("endpoint", endpoint)
+        validate_dynamo_segment("endpoint", endpoint)
+    _require_object(record.transport if isinstance(record, EventChannel) else record.metadata,
+                    "transport" if isinstance(record, EventChannel) else "metadata")
     publisher = record.instance_id if isinstance(record, EventChannel) else record.publisher_id
     if not 0 <= publisher <= MAX_INSTANCE_ID:
         raise CodecError(f"publisher id {publisher} is outside 0..2**64-1")
@@ -334,10 +351,22 @@ def decode_records(bucket: str, items: Iterable[tuple[str, bytes]],
 def model_card(namespace: str, component: str, endpoint: str, instance_id: int,
                card: msgspec.Raw | bytes | str | Mapping[str, Any], lora: str | None) -> ModelCard:
     """A checked card for writing (``lora`` is the LoRA's name; its slug names the record)."""
+    validate_namespace(namespace)  # what waypost writes keeps waypost's (stricter) naming rule
+    validate_segment("component", component)
+    validate_segment("endpoint", endpoint)
     suffix = None if lora is None else lora_slug(lora)
     made = ModelCard(namespace, component, endpoint, instance_id, _json_object(card, "a model card"), suffix)
     try:
         _check_model(made)
     except CodecError as exc:
         raise ConfigError(str(exc)) from None
-    return made
+    return _fits(made)
+
+
+def _fits(card: ModelCard) -> ModelCard:
+    """``card``, if every reader will read it: its stored value must not exceed ``MAX_VALUE_BYTES``."""
+    size = len(card.to_json())
+    if size > MAX_VALUE_BYTES:
+        raise ConfigError(f"the model card's stored value would have {size} bytes, more than the "
+                          f"{MAX_VALUE_BYTES} readers accept (waypost.core.MAX_VALUE_BYTES)")
+    return card

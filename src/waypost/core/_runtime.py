@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from ._client import Client
 from ._config import parse_choice, parse_float, parse_int, parse_url, resolve_options, resolve_url
-from ._errors import AlreadyRegistered, Closed, ConfigError, LeaseLost, WaypostError
+from ._errors import AlreadyRegistered, Closed, ConfigError, LeaseLost, WaypostError, shorten
 from ._handles import Endpoint, HandleCache, Namespace
 from ._instance import KEY_ROOT, DeviceType, Instance, RequestPlaneCodec, TransportType
 from ._names import EndpointId
@@ -136,7 +136,13 @@ class Registration:
 
         Watchers of models see an ``Updated`` event, as Dynamo's see ``ModelTaintsUpdated``.
         """
-        self.runtime._update_taints(self, taints)
+        if isinstance(taints, str | bytes):
+            raise ConfigError(f"taints must be an iterable of strings, not one string: {shorten(taints)}")
+        try:
+            values = list(taints)  # once: a retry after a lease loss must not find a spent generator
+        except TypeError:
+            raise ConfigError(f"taints must be an iterable of strings, got {type(taints).__name__}") from None
+        self.runtime._update_taints(self, values)
 
     def unregister(self) -> None:
         self.runtime._unregister(self)
@@ -237,7 +243,14 @@ class Runtime:
         loss and removed by ``unregister()`` or ``close()``.
         """
         slug = None if lora is None else lora_slug(lora)
-        registration, record = self._register((MODEL, _endpoint_id(endpoint_id), slug), {"card": card, "lora": lora})
+        slot = (MODEL, _endpoint_id(endpoint_id), slug)
+        with self._lock:
+            existing = self._registrations.get(slot)
+        if existing is not None and existing.fields["lora"] != lora:
+            # Two names, one slug, one key: Dynamo would overwrite; refuse rather than lose a card.
+            raise AlreadyRegistered(f"LoRA {lora!r} has the same slug {slug!r} (the same key) as LoRA "
+                                    f"{existing.fields['lora']!r}, which this Runtime already serves")
+        registration, record = self._register(slot, {"card": card, "lora": lora})
         registration.fields["card"] = record.card_json  # checked once: kept as bytes
         _log.debug("registered model %s", record)
         return registration
@@ -294,7 +307,7 @@ class Runtime:
     def _record_for(self, registration: Registration) -> Instance | ModelCard:
         return self._build(registration.slot, registration.fields)
 
-    def _update_taints(self, registration: Registration, taints: Iterable[str]) -> None:
+    def _update_taints(self, registration: Registration, taints: list[str]) -> None:
         if registration.kind != MODEL:
             raise ConfigError(f"{registration!r} is an endpoint instance: only model cards have taints")
         for attempt in range(2):
@@ -498,7 +511,7 @@ class Runtime:
                 self._stop.wait(self.keepalive_interval / 4)
         else:
             return
-        _log.warning("lease %x lost (%s); re-registered %d endpoint(s) under lease %x",
+        _log.warning("lease %x lost (%s); re-registered %d registration(s) under lease %x",
                      lost.id, reason, count, self.lease.id)
         notify("waypost_on_lease_lost", runtime=self, old_instance_id=lost.id,
                new_instance_id=self.lease.id, reason=reason)

@@ -151,8 +151,8 @@ class InstanceView(Generic[R]):
         return fresh, raw
 
     def _report_resync(self, notice: Resynced) -> None:
-        _log.info("watch %s resynced (%s): %d added, %d removed", self.query, notice.reason, notice.added,
-                  notice.removed)
+        _log.info("watch %s resynced (%s): %d added, %d removed, %d updated", self.query, notice.reason,
+                  notice.added, notice.removed, notice.updated)
         notify("waypost_on_watch_resynced", query=self.query, reason=notice.reason, added=notice.added,
                removed=notice.removed)
 

@@ -83,7 +83,12 @@ def instance_table(instances: Sequence[Instance]) -> str:
 
 
 def json_line(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON, UTF-8 kept, but every character a terminal could act on escaped (C1 controls too)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if text.isprintable():
+        return text
+    # Only inside strings can such characters occur; \uXXXX is the same string to any JSON reader.
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
 
 
 def record_json(record: Any) -> dict[str, Any]:

@@ -512,6 +512,42 @@ class BackendConformance:
             assert watch.instances == [channel]
         assert rt.list_instances(Query.namespace(ns)) == [] and rt.list_models(Query.namespace(ns)) == []
 
+    def test_hostile_model_cards_and_event_records_are_skipped(self, backend: Harness, ns: str,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+        rt = backend.connect()
+        good = rt.namespace(ns).component("c").endpoint("good").register_model(_CARD)
+        hex_id = f"{rt.instance_id:x}"
+        card = _CARD_BYTES.decode()
+
+        def model(endpoint: str, card_json: str = card, suffix: str = "", **extra: object) -> bytes:
+            tail = f',"model_suffix":{json.dumps(suffix)}' if suffix else ""
+            fields = "".join(f",{json.dumps(k)}:{json.dumps(v)}" for k, v in extra.items())
+            return (f'{{"type":"Model","namespace":"{ns}","component":"c","endpoint":"{endpoint}",'
+                    f'"instance_id":{rt.instance_id},"card_json":{card_json}{tail}{fields}}}').encode()
+
+        base = f"v1/mdc/{ns}/c"
+        hostile = {
+            f"{base}/outofrange/{hex_id}": model("outofrange", '{"display_name":"m","x":1e400}'),
+            f"{base}/array/{hex_id}": model("array", "[1,2]"),
+            f"{base}/deep/{hex_id}": model("deep", '{"a":' * 2000 + "1" + "}" * 2000),
+            f"{base}/notutf8/{hex_id}": model("notutf8", card).replace(b"probe-model", b"probe\xffmodel"),
+            f"{base}/badsuffix/{hex_id}/Not Slug": model("badsuffix", suffix="Not Slug"),
+            f"{base}/mismatch/{hex_id}/other": model("mismatch", suffix="lora"),
+            f"{base}/endpoint/{hex_id}": waypost.Instance(ns, "c", "endpoint", rt.instance_id, _tcp(1)).to_json(),
+        }
+        for key, value in {**hostile, **_event_records(ns, 7, transport='{"kind":["Zmq"],"config":5}')}.items():
+            backend.plant(key.encode(), value)
+        with caplog.at_level(logging.DEBUG, logger="waypost"):
+            assert rt.list_models(Query.namespace(ns)) == [good.model]
+            with rt.watch_models(Query.namespace(ns)) as watch:
+                assert watch.instances == [good.model]
+            [channel] = rt.list_event_channels(Query.namespace(ns))
+            assert (channel.transport_kind, channel.address) == (None, None)  # not strings: not guessed at
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        for key in hostile:
+            expected = 0 if key.endswith(f"/endpoint/{hex_id}") else 1  # another record kind: quietly
+            assert sum(key in w for w in warnings) == expected, (key, [w for w in warnings if key in w])
+
     def test_async_model_cards(self, backend: Harness, ns: str) -> None:
         url, options = backend.url, {"ttl": backend.ttl, **backend.options}
 
@@ -877,12 +913,13 @@ _CARD = _card("probe-model")
 _CARD_BYTES = json.dumps(_CARD, separators=(",", ":")).encode()
 
 
-def _event_records(ns: str, publisher: int) -> dict[str, bytes]:
+def _event_records(ns: str, publisher: int,
+                   transport: str = '{"kind":"Zmq","config":{"endpoint":"tcp://127.0.0.1:36997"}}') -> dict[str, bytes]:
     """An event channel and an event source exactly as a Dynamo 1.6 KvEventPublisher writes them."""
     scope = f'{{"kind":"endpoint","endpoint":{{"namespace":"{ns}","component":"c","name":"e"}}}}'
     path = f"namespace/{ns}/component/c/endpoint/e/topic/kv-events/{publisher:x}"
     channel = (f'{{"type":"EventChannel","scope":{scope},"topic":"kv-events","instance_id":{publisher},'
-               '"transport":{"kind":"Zmq","config":{"endpoint":"tcp://127.0.0.1:36997"}}}')
+               f'"transport":{transport}}}')
     source = (f'{{"type":"EventSource","scope":{scope},"topic":"kv-events","publisher_id":{publisher},'
               f'"metadata":{{"kv_state_endpoint":{{"namespace":"{ns}","component":"c","name":"e"}},'
               f'"worker":{{"worker_id":12345,"dp_rank":0}},"publisher_id":{publisher}}}}}')
