@@ -376,11 +376,8 @@ def test_dynamo_worker_seen_by_waypost(store: Store, figures: dict[str, list[flo
     assert kinds(instances) == [("Added", instance.key), ("Removed", instance.key)]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "waypost bug: its name rule (src/waypost/core/_names.py, _SEGMENT = [a-z0-9_-]{1,63}) also applies to records "
-    "read from the store, but Dynamo 1.6.1 accepts upper case (and '~', '+'...): a real worker on component "
-    "'VllmWorker' is skipped ('invalid component name') by list_instances/list_models/watch"))
 def test_dynamo_worker_with_an_upper_case_component_is_listed(store: Store) -> None:
+    """Dynamo accepts names waypost would not register (`VllmWorker`): waypost reads, queries and picks them."""
     ns = new_namespace()
     runtime = store.connect()
     worker = store.worker(f"{ns}.VllmWorker.generate", model="upper-model", lora="").start()
@@ -389,6 +386,9 @@ def test_dynamo_worker_with_an_upper_case_component_is_listed(store: Store) -> N
                               f"v1/mdc/{ns}/VllmWorker/generate/{worker.instance_id:x}"]
     assert [i.instance_id for i in runtime.list_instances(ns)] == [worker.instance_id]
     assert [card.display_name for card in runtime.list_models(ns)] == ["upper-model"]
+    with runtime.client(f"{ns}/VllmWorker/generate") as client:
+        client.wait_for_instances(timeout=5)
+        assert client.round_robin().instance_id == worker.instance_id
 
 
 # -- 2. every record kind, byte for byte ----------------------------------------------------------
