@@ -855,8 +855,13 @@ class FileBackend(Backend):
             for bucket_name in sorted({bucket for bucket, _, _ in owned.values()}):
                 try:
                     with self._tree.using(bucket_name) as (bucket,):
-                        missing += [f"{bucket.path}/{name}" for in_bucket, name, fd in owned.values()
-                                    if in_bucket == bucket_name and not bucket.touch_if_held(name, fd)]
+                        for key, (in_bucket, name, fd) in list(owned.items()):
+                            if in_bucket == bucket_name and not bucket.touch_if_held(name, fd):
+                                # Not ours any more: forget it, so that a keepalive during the
+                                # re-registration that follows checks only the files written again.
+                                missing.append(f"{bucket.path}/{name}")
+                                del owned[key]
+                                _close(fd)
                 except (ConfigError, BackendUnavailable) as exc:
                     unusable = unusable or exc
         if missing:

@@ -488,6 +488,7 @@ class Runtime:
             self._shut_down_after_loss(lost, reason)
             return
         recreated: set[_Slot] = set()
+        refreshed = time.monotonic()
         while not self._stop.is_set():
             try:
                 with self._lock:
@@ -495,9 +496,15 @@ class Runtime:
                         return  # closed, or another thread already recovered
                     if self.lease is lost:
                         self.lease = self.backend.grant_lease(self.ttl, preferred_id=lost.id)
+                        refreshed = time.monotonic()
                         self._pending_deletes.clear()  # those keys died with the lost lease
                     for slot, registration in list(self._registrations.items()):
                         if slot not in recreated:
+                            # This is the keepalive thread: on a slow store (a whole fleet recovering at
+                            # once) re-creating can outlast the ttl, so keep the new lease alive meanwhile.
+                            if time.monotonic() - refreshed >= self.keepalive_interval:
+                                self.backend.keep_alive(self.lease)
+                                refreshed = time.monotonic()
                             self._recreate(registration)
                             recreated.add(slot)
                     count = len(self._registrations)
@@ -505,6 +512,8 @@ class Runtime:
             except LeaseLost:
                 with self._lock:  # the replacement lease died too: start over with a new one
                     lost, recreated = self.lease, set()
+                # Spread a fleet's retries (they all lost their leases at once) instead of a storm.
+                self._stop.wait(self.keepalive_interval * int.from_bytes(os.urandom(2)) / 65536)
             except WaypostError as exc:
                 # Keep the lease we were granted; only the remaining endpoints are retried.
                 _log.warning("re-registration after lease loss failed (%s); retrying", exc)
