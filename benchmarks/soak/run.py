@@ -786,8 +786,8 @@ def _cpu_ms(v: dict[str, Any] | None) -> str:
     return "—" if not v else f"{v['cpu_per_runtime'] * 1000:.3f} ms/s"
 
 
-def render(results: list[dict[str, Any]], cfg: Config, command: str) -> str:
-    env = environment()
+def render(results: list[dict[str, Any]], cfg: Config, command: str, env: dict[str, Any] | None = None) -> str:
+    env = env or environment()
     lines = [BEGIN, "## Soak and faults", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command}` "
              f"({'quick' if cfg.quick else 'full'} mode; see `benchmarks/soak/README.md`). "
@@ -927,6 +927,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     p.add_argument("--slow-queue", type=int, help="max_queued of the slow consumer's watch (default: 4096)")
     p.add_argument("--json", help="write every figure to this JSON file")
     p.add_argument("--results", help="write/replace the 'Soak and faults' section of this Markdown file")
+    p.add_argument("--render-from", metavar="JSON", help="only render a --json file of an earlier run (to stdout, "
+                                                         "or into --results)")
     p.add_argument("--logs", help="directory for the children's logs (default: a temp dir, kept on failure)")
     args = p.parse_args(argv)
     cfg = Config.quick_defaults() if args.quick else Config()
@@ -961,15 +963,25 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     print(f"[soak] {'quick' if cfg.quick else 'full'} mode, backends {', '.join(backends)}; logs in {logdir}",
           flush=True)
+    command = "python benchmarks/soak/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.render_from:
+        saved = json.loads(Path(args.render_from).read_text())
+        section = render(saved["results"], Config(**saved["config"]), saved.get("command", command).strip(),
+                         saved.get("environment"))
+        if args.results:
+            write_section(Path(args.results), section)
+        else:
+            print(section)
+        return 0
     results = []
     t0 = time.monotonic()
     for name in backends:
         results.append(run_backend(name, cfg, logdir))
+        if args.json:  # after every backend, so that a later crash keeps what was measured
+            Path(args.json).write_text(json.dumps({"config": asdict(cfg), "environment": environment(),
+                                                   "command": command.strip(), "seconds": time.monotonic() - t0,
+                                                   "results": results}, indent=2, default=str))
     total = time.monotonic() - t0
-    command = "python benchmarks/soak/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if args.json:
-        Path(args.json).write_text(json.dumps({"config": asdict(cfg), "environment": environment(),
-                                               "seconds": total, "results": results}, indent=2, default=str))
     if args.results:
         write_section(Path(args.results), render(results, cfg, command.strip()))
         print(f"[soak] wrote the 'Soak and faults' section of {args.results}", flush=True)
