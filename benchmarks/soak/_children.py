@@ -68,6 +68,19 @@ def digest(pairs: Iterable[tuple[str, int]]) -> str:
     return h.hexdigest()
 
 
+def pair_hash(key: str, gen: int) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{key}\t{gen}".encode(), digest_size=8).digest(), "big")
+
+
+def view_digest(pairs: Iterable[tuple[str, int]]) -> str:
+    """The digest a watcher keeps incrementally: the count and the XOR of every pair's hash."""
+    n = acc = 0
+    for key, gen in pairs:
+        n += 1
+        acc ^= pair_hash(key, gen)
+    return f"{n}:{acc:016x}"
+
+
 def _gen(instance: waypost.Instance) -> int:
     meta = instance.metadata
     try:
@@ -297,6 +310,7 @@ class _View:
         self.query = query
         self.lock = threading.Lock()
         self.view: dict[str, int] = {}
+        self.acc = 0  # XOR of pair_hash over the view: the digest is kept as events arrive, not recomputed
         self.counts = {"added": 0, "removed": 0, "resynced": 0, "interrupted": 0}
         self.last_change = time.monotonic()
         self.tracked: dict[str, tuple[set[str], float | None]] = {}  # id -> (keys still seen, all gone at)
@@ -309,14 +323,20 @@ class _View:
             now = time.monotonic()
             with self.lock:
                 if isinstance(event, Added):
-                    key = event.instance.key
+                    key, gen = event.instance.key, _gen(event.instance)
                     self.counts["added"] += 1
-                    self.view[key] = _gen(event.instance)
+                    old = self.view.get(key)
+                    if old is not None:
+                        self.acc ^= pair_hash(key, old)
+                    self.view[key] = gen
+                    self.acc ^= pair_hash(key, gen)
                     self.last_change = now
                 elif isinstance(event, Removed):
                     key = event.instance.key
                     self.counts["removed"] += 1
-                    self.view.pop(key, None)
+                    old = self.view.pop(key, None)
+                    if old is not None:
+                        self.acc ^= pair_hash(key, old)
                     self.last_change = now
                     for tid, (left, gone) in self.tracked.items():
                         if gone is None and key in left:
@@ -335,7 +355,8 @@ class _View:
 
     def report(self, full: bool) -> dict[str, Any]:
         with self.lock:
-            out: dict[str, Any] = {"query": self.query, "n": len(self.view), "digest": digest(self.view.items()),
+            out: dict[str, Any] = {"query": self.query, "n": len(self.view),
+                                   "digest": f"{len(self.view)}:{self.acc:016x}",
                                    "last_change": self.last_change, "counts": dict(self.counts),
                                    "tracked": {t: g for t, (_, g) in self.tracked.items()}}
             if full:
@@ -511,6 +532,10 @@ def _serve(make: Callable[[dict[str, Any]], Any], cfg: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(process)d %(threadName)s %(name)s %(levelname)s %(message)s")
     mode, cfg = argv[0], json.loads(argv[1])
     if mode == "worker":
         _serve(Worker, cfg)

@@ -60,7 +60,7 @@ for _p in (SOAK, REPO / "tests"):
 
 import _children  # noqa: E402 - found through the sys.path entries above
 import _stores  # noqa: E402
-from _children import NAMESPACE, digest  # noqa: E402
+from _children import NAMESPACE, view_digest  # noqa: E402
 
 import waypost  # noqa: E402
 
@@ -386,8 +386,12 @@ class Population:
         ok_at: float | None = None  # start of the current run where views and list all match
         polls = 0
         views_ok = False
+        # The coordinator's own work must not starve what it measures (2 cores; memory:// shares its GIL):
+        # the polling interval grows with the time a poll takes.
+        duty = 0.1 if self.local else 0.33
         while True:
             polls += 1
+            poll_started = time.monotonic()
             truth, _ = self.truth()
             expected = {}
             views_ok = True
@@ -396,7 +400,7 @@ class Population:
                     q = view["query"]
                     if q not in expected:
                         prefix = _query_prefix(q)
-                        expected[q] = digest((k, g) for k, g in truth.items() if k.startswith(prefix))
+                        expected[q] = view_digest((k, g) for k, g in truth.items() if k.startswith(prefix))
                     views_ok = views_ok and view["digest"] == expected[q]
             listed = self.listed()
             now = time.monotonic()
@@ -406,7 +410,8 @@ class Population:
                 break
             if now >= deadline:
                 break
-            time.sleep(self.cfg.poll)  # polling interval of a condition wait with a deadline
+            spent = time.monotonic() - poll_started
+            time.sleep(max(self.cfg.poll, spent * (1 - duty) / duty))  # polling interval of a condition wait
         converged = ok_at is not None
         truth, runtimes = self.truth()
         reports = self.reports(full=True)
@@ -428,6 +433,8 @@ class Population:
                                  "stale": v_stale, "counts": view["counts"], "tracked": view["tracked"]})
         list_lost = len(set(truth) - set(listed))
         list_phantoms = len(set(listed) - set(truth))
+        samples = {"list_lost": sorted(set(truth) - set(listed))[:5],
+                   "list_phantoms": sorted(set(listed) - set(truth))[:5]}
         end = max(last_change, list_ok_at or time.monotonic())
         open_rts = [rt for rt in runtimes if rt.get("open")]
         reregistered = sum(1 for rt in open_rts if all(k in listed for k in rt.get("keys", {})))
@@ -436,7 +443,7 @@ class Population:
             "lost": lost + list_lost, "phantoms": phantoms + list_phantoms, "stale": stale,
             "view_lost": lost, "view_phantoms": phantoms, "list_lost": list_lost, "list_phantoms": list_phantoms,
             "truth": len(truth), "polls": polls, "runtimes_open": len(open_rts), "runtimes_back": reregistered,
-            "views": per_view,
+            "views": per_view, "samples": samples,
             "watcher_rss_kb": max((r["rss_kb"] for r in reports), default=0),
             "watcher_hwm_kb": max((r["hwm_kb"] for r in reports), default=0),
             "events": _event_totals(per_view),
@@ -486,6 +493,7 @@ def phase_churn(pop: Population, cfg: Config) -> dict[str, Any]:
                     f"{'converged' if initial['converged'] else 'NOT converged'}")
     losses_before = pop.lease_losses()
     events_before = initial["events"]
+    load_start = os.getloadavg()[0]
     started = time.monotonic()
     call_all(list(pop.workers.values()), "churn", seconds=cfg.churn_seconds, rate=cfg.rate)
     margin = cfg.ttl + store.expiry_bound + 1.5  # the last kill must be gone before churn stops
@@ -541,6 +549,7 @@ def phase_churn(pop: Population, cfg: Config) -> dict[str, Any]:
         "churn_events": {k: n - events_before.get(k, 0) for k, n in result["events"].items()},
         "initial": {k: initial[k] for k in ("converged", "truth", "lost", "phantoms")},
         "worker_rss_kb": max((r["rss_kb"] for r in stopped), default=0),
+        "loadavg": [load_start, os.getloadavg()[0]],  # the machine is shared: 1-minute load, start and end
     })
     return result
 
@@ -564,6 +573,7 @@ def phase_faults(pop: Population, cfg: Config, faults: list[str]) -> list[dict[s
             continue
         t_lifted = time.monotonic()
         result = pop.converge(t_lifted, deadline_s=settle + 30.0, settle_s=settle)
+        result["loadavg"] = os.getloadavg()[0]
         losses_after = pop.lease_losses()
         per_rt = {k: n - losses_before.get(k, 0) for k, n in losses_after.items()}
         result.update({
@@ -572,6 +582,10 @@ def phase_faults(pop: Population, cfg: Config, faults: list[str]) -> list[dict[s
             "lease_lost": sum(per_rt.values()), "runtimes_lost_lease": sum(1 for n in per_rt.values() if n),
             "fault_events": {k: n - events_before.get(k, 0) for k, n in result["events"].items()},
         })
+        if not result["converged"]:
+            # Slow, or never? Give it another minute before the next fault, and say which.
+            late = pop.converge(t_lifted, deadline_s=60.0, stable_s=1.0)
+            result["late"] = {k: late[k] for k in ("converged", "convergence_s", "lost", "phantoms")}
         out.append(result)
         say(store.name, _fault_line(result))
         heal = getattr(store, "heal", None)
@@ -586,7 +600,10 @@ def _conv(r: dict[str, Any]) -> str:
 
 
 def _fault_line(r: dict[str, Any]) -> str:
-    return (f"fault {r['fault']}: {_conv(r)}; lost {r['lost']}, phantoms {r['phantoms']}, lease losses "
+    late = r.get("late")
+    later = "" if not late else (f" (converged {late['convergence_s']:.1f} s after the fault)" if late["converged"]
+                                 else " (still not converged a minute later)")
+    return (f"fault {r['fault']}: {_conv(r)}{later}; lost {r['lost']}, phantoms {r['phantoms']}, lease losses "
             f"{r['lease_lost']} ({r['runtimes_lost_lease']} Runtimes), re-registered {r['runtimes_back']}/"
             f"{r['runtimes_open']}")
 
@@ -782,6 +799,15 @@ def _s(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f} s"
 
 
+def _fault_conv(f: dict[str, Any]) -> str:
+    if f["converged"]:
+        return _s(f["convergence_s"])
+    late = f.get("late")
+    if late and late["converged"]:
+        return f"**no** within the deadline; converged {late['convergence_s']:.1f} s after the fault"
+    return "**no** (nor within a further minute)" if late else "**no**"
+
+
 def _cpu_ms(v: dict[str, Any] | None) -> str:
     return "—" if not v else f"{v['cpu_per_runtime'] * 1000:.3f} ms/s"
 
@@ -803,13 +829,13 @@ def render(results: list[dict[str, Any]], cfg: Config, command: str, env: dict[s
              "the list); stale = present with an older value.", "",
              "| backend | operations | events seen | converged after churn | lost | phantoms | stale | lease losses "
              "(live Runtimes) | SIGKILLed gone after (bound) | watcher RSS peak | worker RSS | keepalive CPU "
-             "per Runtime | run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "per Runtime | machine load (1 min, start/end of churn) | run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         c = r.get("churn")
         cpu = r.get("cpu", {})
         if not c:
-            lines.append(f"| {r['backend']} | run failed: {'; '.join(r['failures'])} |||||||||||| |")
+            lines.append(f"| {r['backend']} | run failed: {'; '.join(r['failures'])} ||||||||||||| |")
             continue
         ev = sum(c["churn_events"].values())
         gone = ", ".join("never" if k["gone_s"] is None else f"{k['gone_s']:.2f}" for k in c["kills"])
@@ -818,7 +844,7 @@ def render(results: list[dict[str, Any]], cfg: Config, command: str, env: dict[s
             f"| {r['backend']} | {c['operations']} | {ev} | {_s(c['convergence_s']) if c['converged'] else 'no'} | "
             f"{c['lost']} | {c['phantoms']} | {c['stale']} | {c['lease_lost']} | {gone} s ({c['kill_bound_s']:g} s) "
             f"| {c['watcher_hwm_kb'] / 1024:.0f} MB | {c['worker_rss_kb'] / 1024:.0f} MB | {cpu_txt} | "
-            f"{r['seconds']:.0f} s |")
+            f"{' / '.join(f'{x:.1f}' for x in c.get('loadavg', []))} | {r['seconds']:.0f} s |")
     file_cpu = next((r["cpu"] for r in results if r["backend"] == "file" and "ratio" in r.get("cpu", {})), None)
     if file_cpu:
         n = file_cpu["foreign"]["foreign_files"]
@@ -844,7 +870,7 @@ def render(results: list[dict[str, Any]], cfg: Config, command: str, env: dict[s
                 continue
             ev = f["fault_events"]
             lines.append(
-                f"| {r['backend']} | {f['what']} | {_s(f['convergence_s']) if f['converged'] else 'no'} | "
+                f"| {r['backend']} | {f['what']} | {_fault_conv(f)} | "
                 f"{f['lost']} | {f['phantoms']} | {f['lease_lost']} ({f['runtimes_lost_lease']}) | "
                 f"{f['runtimes_back']}/{f['runtimes_open']} | {ev.get('resynced', 0)} / {ev.get('interrupted', 0)} |")
     lines += ["", "### Slow consumer", "",
