@@ -38,6 +38,7 @@ import waypost
 from waypost import Added, Interrupted, Query, Removed, Resynced, TransportType
 
 NAMESPACE = "soak"
+TIMED = ("grant_lease", "keep_alive", "create", "replace", "delete")  # store calls a worker times
 COMPONENTS = 4  # endpoint j lives in component c{j % COMPONENTS}
 
 
@@ -123,6 +124,7 @@ class Worker:
         self._churn: threading.Thread | None = None
         self._stop = threading.Event()
         self._gen = 0
+        self.latency: dict[str, list[float]] = {}  # store call -> durations since the last report
         waypost.register_plugin(self, name=f"soak-worker-{self.name}-{id(self)}")
 
     # hooks -----------------------------------------------------------------
@@ -147,8 +149,30 @@ class Worker:
             transport=TransportType.tcp(f"127.0.0.1:{10000 + j}"), metadata={"gen": gen, "w": self.name})
         slot.gen[j] = gen
 
+    def _timed(self, rt: waypost.Runtime) -> None:
+        """Time every store call the Runtime makes (its keepalive and recovery included)."""
+        backend = rt.backend
+        for method in TIMED:
+            original = getattr(backend, method)
+
+            def timed(*args: Any, _original: Any = original, _method: str = method, **kwargs: Any) -> Any:
+                t0 = time.monotonic()
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    with self.lock:
+                        self.latency.setdefault(_method, []).append(time.monotonic() - t0)
+
+            setattr(backend, method, timed)
+
+    def latency_report(self) -> dict[str, Any]:
+        with self.lock:
+            samples, self.latency = self.latency, {}
+        return {"latency": samples}
+
     def _open(self, slot: _Slot) -> None:
         rt = waypost.connect(self.url, **self.options)
+        self._timed(rt)
         with self.lock:
             slot.rt, slot.gen = rt, {}
             slot.opened += 1
@@ -296,6 +320,8 @@ class Worker:
             return self.crash()
         if op == "close":
             return self.close()
+        if op == "latency":
+            return self.latency_report()
         raise ValueError(f"unknown command {op!r}")
 
 

@@ -48,7 +48,7 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,7 @@ class Config:
     slow_changes: int = 100_000
     slow_queue: int | None = None  # the slow watch's max_queued (None: waypost's default, 4 096)
     poll: float = 0.05  # convergence polling interval
+    skip: list[str] = field(default_factory=list)  # phases not to run: cpu, slow
 
     @classmethod
     def quick_defaults(cls) -> Config:
@@ -450,6 +451,20 @@ class Population:
         }
 
 
+def latency_stats(pop: Population) -> dict[str, dict[str, float]]:
+    """Store-call latencies the workers saw since the last call (and reset them): n, p50, p99, max."""
+    samples: dict[str, list[float]] = {}
+    for reply in call_all(list(pop.workers.values()), "latency", timeout=60.0):
+        for method, values in reply["latency"].items():
+            samples.setdefault(method, []).extend(values)
+    out = {}
+    for method, values in sorted(samples.items()):
+        values.sort()
+        n = len(values)
+        out[method] = {"n": n, "p50": values[n // 2], "p99": values[min(n - 1, int(n * 0.99))], "max": values[-1]}
+    return out
+
+
 def _event_totals(views: list[dict[str, Any]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for v in views:
@@ -494,6 +509,7 @@ def phase_churn(pop: Population, cfg: Config) -> dict[str, Any]:
     losses_before = pop.lease_losses()
     events_before = initial["events"]
     load_start = os.getloadavg()[0]
+    latency_stats(pop)  # reset: what follows is the churn's
     started = time.monotonic()
     call_all(list(pop.workers.values()), "churn", seconds=cfg.churn_seconds, rate=cfg.rate)
     margin = cfg.ttl + store.expiry_bound + 1.5  # the last kill must be gone before churn stops
@@ -550,6 +566,7 @@ def phase_churn(pop: Population, cfg: Config) -> dict[str, Any]:
         "initial": {k: initial[k] for k in ("converged", "truth", "lost", "phantoms")},
         "worker_rss_kb": max((r["rss_kb"] for r in stopped), default=0),
         "loadavg": [load_start, os.getloadavg()[0]],  # the machine is shared: 1-minute load, start and end
+        "store_latency": latency_stats(pop),  # every store call the workers' Runtimes made, kills' excluded
     })
     return result
 
@@ -563,6 +580,7 @@ def phase_faults(pop: Population, cfg: Config, faults: list[str]) -> list[dict[s
     for name in faults:
         losses_before = pop.lease_losses()
         events_before = _event_totals([v for r in pop.reports() for v in r["views"]])
+        latency_stats(pop)
         say(store.name, f"fault {name}: {store.fault_text(name)}")
         t_inject = time.monotonic()
         try:
@@ -585,7 +603,8 @@ def phase_faults(pop: Population, cfg: Config, faults: list[str]) -> list[dict[s
         if not result["converged"]:
             # Slow, or never? Give it another minute before the next fault, and say which.
             late = pop.converge(t_lifted, deadline_s=60.0, stable_s=1.0)
-            result["late"] = {k: late[k] for k in ("converged", "convergence_s", "lost", "phantoms")}
+            result["late"] = {k: late[k] for k in ("converged", "convergence_s", "lost", "phantoms", "samples")}
+        result["store_latency"] = latency_stats(pop)
         out.append(result)
         say(store.name, _fault_line(result))
         heal = getattr(store, "heal", None)
@@ -682,7 +701,7 @@ def run_backend(name: str, cfg: Config, logdir: Path) -> dict[str, Any]:
         result["store"] = store.describe()
         result["notes"] = list(store.notes)
         say(name, f"store {store.describe()}")
-        result["cpu"] = phase_cpu(store, cfg, logdir)
+        result["cpu"] = phase_cpu(store, cfg, logdir) if "cpu" not in cfg.skip else {}
         say(name, "keepalive CPU per Runtime: " + ", ".join(
             f"{tag} {v['cpu_per_runtime'] * 1000:.2f} ms/s" for tag, v in result["cpu"].items()
             if isinstance(v, dict)) + "".join(f"; {k} {v:.2f}" for k, v in result["cpu"].items()
@@ -700,10 +719,11 @@ def run_backend(name: str, cfg: Config, logdir: Path) -> dict[str, Any]:
         pop = None
         if name == "etcd" and (cfg.faults is None or {"member-loss", "leader-loss"} & set(cfg.faults)):
             result["faults"] += run_cluster(cfg, logdir)
-        result["slow"] = phase_slow(store, cfg, logdir)
-        s = result["slow"]
-        say(name, f"slow consumer: {s['changes']} changes, RSS +{s['growth_mb']:.1f} MB, {s['resynced']} Resynced, "
-                  f"{'converged' if s['converged'] else 'NOT converged'} in {s['drain_s']:.2f} s")
+        if "slow" not in cfg.skip:
+            result["slow"] = phase_slow(store, cfg, logdir)
+            s = result["slow"]
+            say(name, f"slow consumer: {s['changes']} changes, RSS +{s['growth_mb']:.1f} MB, {s['resynced']} Resynced, "
+                      f"{'converged' if s['converged'] else 'NOT converged'} in {s['drain_s']:.2f} s")
     except Exception as exc:
         result["failures"].append(f"run failed: {type(exc).__name__}: {exc}")
         result["trace"] = traceback.format_exc()
@@ -951,6 +971,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     p.add_argument("--foreign-files", type=int)
     p.add_argument("--slow-changes", type=int)
     p.add_argument("--slow-queue", type=int, help="max_queued of the slow consumer's watch (default: 4096)")
+    p.add_argument("--skip", default="", help="comma list of phases not to run: cpu, slow (churn and faults "
+                                              "always run; --faults none skips the faults)")
     p.add_argument("--json", help="write every figure to this JSON file")
     p.add_argument("--results", help="write/replace the 'Soak and faults' section of this Markdown file")
     p.add_argument("--render-from", metavar="JSON", help="only render a --json file of an earlier run (to stdout, "
@@ -963,6 +985,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
+    cfg.skip = [x.strip() for x in args.skip.split(",") if x.strip()]
+    if set(cfg.skip) - {"cpu", "slow"}:
+        p.error("--skip takes cpu and/or slow")
     if args.faults is not None:
         cfg.faults = [] if args.faults == "none" else [f.strip() for f in args.faults.split(",") if f.strip()]
         unknown = set(cfg.faults) - set(_stores.FAULTS)
