@@ -774,8 +774,9 @@ def judge(r: dict[str, Any]) -> list[str]:
             out.append(f"churn: {churn['lease_lost']} lease losses of live Runtimes")
         for k in churn["kills"]:
             if not k["within_bound"]:
+                gone = "never" if k["gone_s"] is None else f"{k['gone_s']:.2f} s"
                 out.append(f"churn: killed worker {k['worker']}'s instances not gone within ttl + bound + 1 s "
-                           f"({k['gone_s']})")
+                           f"({gone})")
     for f in r.get("faults", []):
         if "error" in f:
             out.append(f"fault {f['fault']}: {f['error']}")
@@ -832,7 +833,8 @@ def _cpu_ms(v: dict[str, Any] | None) -> str:
     return "—" if not v else f"{v['cpu_per_runtime'] * 1000:.3f} ms/s"
 
 
-def render(results: list[dict[str, Any]], cfg: Config, command: str, env: dict[str, Any] | None = None) -> str:
+def render(results: list[dict[str, Any]], cfg: Config, command: str, env: dict[str, Any] | None = None,
+           findings: str = "") -> str:
     env = env or environment()
     lines = [BEGIN, "## Soak and faults", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command}` "
@@ -880,17 +882,17 @@ def render(results: list[dict[str, Any]], cfg: Config, command: str, env: dict[s
               "The population of the churn phase, churn stopped; each fault in turn. Convergence is measured from "
               "the moment the fault was lifted (server back, SIGCONT sent, leases revoked, member killed); "
               "\"back\" = open Runtimes whose every registration is listed again without help.", "",
-              "| backend | fault | converged after | lost | phantoms | lease losses (Runtimes) | Runtimes back | "
-              "watch events (Resynced / Interrupted) |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| backend | fault | fault took | converged after | lost | phantoms | lease losses (Runtimes) | "
+              "Runtimes back | watch events (Resynced / Interrupted) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for f in r.get("faults", []):
             if "error" in f:
-                lines.append(f"| {r['backend']} | {f['fault']} | error: {f['error']} |||||| |")
+                lines.append(f"| {r['backend']} | {f['fault']} | error: {f['error']} ||||||| |")
                 continue
             ev = f["fault_events"]
             lines.append(
-                f"| {r['backend']} | {f['what']} | {_fault_conv(f)} | "
+                f"| {r['backend']} | {f['what']} | {f['fault_s']:.1f} s | {_fault_conv(f)} | "
                 f"{f['lost']} | {f['phantoms']} | {f['lease_lost']} ({f['runtimes_lost_lease']}) | "
                 f"{f['runtimes_back']}/{f['runtimes_open']} | {ev.get('resynced', 0)} / {ev.get('interrupted', 0)} |")
     lines += ["", "### Slow consumer", "",
@@ -906,6 +908,8 @@ def render(results: list[dict[str, Any]], cfg: Config, command: str, env: dict[s
             lines.append(f"| {r['backend']} | {s['changes']} | {s['write_s']:.1f} s | {s['growth_mb']:.1f} MB | "
                          f"{s['resynced']} | {'yes' if s['converged'] and s['list_ok'] else 'NO'} "
                          f"({s['drain_s']:.2f} s) |")
+    if findings:
+        lines += ["", "### Findings", "", findings.strip()]
     lines += ["", "### Goals and checks", ""]
     for r in results:
         met = ", ".join(f"{k}: {'met' if v else '**not met**'}" for k, v in r.get("targets", {}).items())
@@ -943,7 +947,9 @@ def environment() -> dict[str, Any]:
                               text=True, timeout=20, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"], capture_output=True,
                                text=True, timeout=20, check=True).stdout.strip()
-        code = f"git {head}" + (" + uncommitted changes in src/" if dirty else "")
+        src = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h", "--", "src"], capture_output=True,
+                             text=True, timeout=20, check=True).stdout.strip()
+        code = f"git {head} (src/ as of {src})" + (" + uncommitted changes in src/" if dirty else "")
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "code": code}
 
 
@@ -977,6 +983,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     p.add_argument("--results", help="write/replace the 'Soak and faults' section of this Markdown file")
     p.add_argument("--render-from", metavar="JSON", help="only render a --json file of an earlier run (to stdout, "
                                                          "or into --results)")
+    p.add_argument("--findings", metavar="MD", help="Markdown inserted as the section's 'Findings' (a run's reading)")
     p.add_argument("--logs", help="directory for the children's logs (default: a temp dir, kept on failure)")
     args = p.parse_args(argv)
     cfg = Config.quick_defaults() if args.quick else Config()
@@ -1015,10 +1022,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[soak] {'quick' if cfg.quick else 'full'} mode, backends {', '.join(backends)}; logs in {logdir}",
           flush=True)
     command = "python benchmarks/soak/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    findings = Path(args.findings).read_text() if args.findings else ""
     if args.render_from:
         saved = json.loads(Path(args.render_from).read_text())
         section = render(saved["results"], Config(**saved["config"]), saved.get("command", command).strip(),
-                         saved.get("environment"))
+                         saved.get("environment"), findings)
         if args.results:
             write_section(Path(args.results), section)
         else:
@@ -1034,7 +1042,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    "results": results}, indent=2, default=str))
     total = time.monotonic() - t0
     if args.results:
-        write_section(Path(args.results), render(results, cfg, command.strip()))
+        write_section(Path(args.results), render(results, cfg, command.strip(), findings=findings))
         print(f"[soak] wrote the 'Soak and faults' section of {args.results}", flush=True)
     failed = [r["backend"] for r in results if r["failures"]]
     print(f"[soak] {len(results)} backends in {total:.0f} s: "
