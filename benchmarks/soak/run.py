@@ -41,6 +41,7 @@ import os
 import platform
 import queue
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,7 +99,7 @@ class Config:
     def quick_defaults(cls) -> Config:
         return cls(quick=True, runtimes=10, endpoints=2, watchers=2, churn_seconds=5.0, workers=2,
                    watcher_procs=2, rate=5.0, kills=1, faults=list(_stores.QUICK_FAULTS), cpu_runtimes=5,
-                   cpu_window=2.0, foreign_files=2_000, slow_changes=1_000, slow_queue=128)
+                   cpu_window=2.0, foreign_files=2_000, slow_changes=400, slow_queue=64, skip=["cpu"])
 
 
 # ---------------------------------------------------------------------------
@@ -120,6 +121,18 @@ class ChannelError(RuntimeError):
     pass
 
 
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+
+
+def child_argv(mode: str, cfg: dict[str, Any]) -> list[str]:
+    """The command line of a child; under ``setpriv --pdeathsig KILL`` when spawned from the main thread, so
+    that the kernel kills it if this process dies without cleaning up (the servers do the same)."""
+    argv = [sys.executable, str(SOAK / "_children.py"), mode, json.dumps(cfg)]
+    if _SETPRIV and threading.current_thread() is threading.main_thread():
+        argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+    return argv
+
+
 class ProcChannel:
     """One child process (its own process group), JSON lines both ways, every wait with a deadline."""
 
@@ -128,9 +141,8 @@ class ProcChannel:
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in _reaped
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-        self.proc = subprocess.Popen([sys.executable, str(SOAK / "_children.py"), mode, json.dumps(cfg)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                                     text=True, bufsize=1, start_new_session=True, env=env)
+        self.proc = subprocess.Popen(child_argv(mode, cfg), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._log, text=True, bufsize=1, start_new_session=True, env=env)
         _children_alive.add(self)
         self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._next_id = 1
@@ -256,9 +268,8 @@ def child_argv_env() -> None:
 def run_child(mode: str, cfg: dict[str, Any], log_path: Path, timeout: float) -> dict[str, Any]:
     """A one-shot child (cpu, slow): its one JSON line; killed (group) at the deadline."""
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, str(SOAK / "_children.py"), mode, json.dumps(cfg)],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(child_argv(mode, cfg), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                                text=True, start_new_session=True)
         try:
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -702,10 +713,11 @@ def run_backend(name: str, cfg: Config, logdir: Path) -> dict[str, Any]:
         result["notes"] = list(store.notes)
         say(name, f"store {store.describe()}")
         result["cpu"] = phase_cpu(store, cfg, logdir) if "cpu" not in cfg.skip else {}
-        say(name, "keepalive CPU per Runtime: " + ", ".join(
-            f"{tag} {v['cpu_per_runtime'] * 1000:.2f} ms/s" for tag, v in result["cpu"].items()
-            if isinstance(v, dict)) + "".join(f"; {k} {v:.2f}" for k, v in result["cpu"].items()
-                                              if not isinstance(v, dict)))
+        if result["cpu"]:
+            say(name, "keepalive CPU per Runtime: " + ", ".join(
+                f"{tag} {v['cpu_per_runtime'] * 1000:.2f} ms/s" for tag, v in result["cpu"].items()
+                if isinstance(v, dict)) + "".join(f"; {k} {v:.2f}" for k, v in result["cpu"].items()
+                                                  if not isinstance(v, dict)))
         pop = Population(store, cfg, logdir, name)
         churn = result["churn"] = phase_churn(pop, cfg)
         say(name, f"churn: {churn['operations']} operations, events {churn['churn_events']}, "
@@ -960,7 +972,8 @@ def environment() -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", default="all", help=f"one of {', '.join(BACKENDS)}, a comma list, or all")
-    p.add_argument("--quick", action="store_true", help="CI mode: 10 x 2, 2 watchers, 5 s churn, restart + pause")
+    p.add_argument("--quick", action="store_true", help="CI mode: 10 x 2, 2 watchers, 5 s churn, restart + pause, "
+                                                        "no CPU probe, a 400-change slow consumer on a 64-event queue")
     p.add_argument("--runtimes", type=int)
     p.add_argument("--endpoints", type=int)
     p.add_argument("--watchers", type=int)
@@ -977,8 +990,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     p.add_argument("--foreign-files", type=int)
     p.add_argument("--slow-changes", type=int)
     p.add_argument("--slow-queue", type=int, help="max_queued of the slow consumer's watch (default: 4096)")
-    p.add_argument("--skip", default="", help="comma list of phases not to run: cpu, slow (churn and faults "
-                                              "always run; --faults none skips the faults)")
+    p.add_argument("--skip", help="comma list of phases not to run: cpu, slow, or 'none' (default: none; quick: "
+                                  "cpu). Churn always runs; --faults none skips the faults")
     p.add_argument("--json", help="write every figure to this JSON file")
     p.add_argument("--results", help="write/replace the 'Soak and faults' section of this Markdown file")
     p.add_argument("--render-from", metavar="JSON", help="only render a --json file of an earlier run (to stdout, "
@@ -992,7 +1005,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
-    cfg.skip = [x.strip() for x in args.skip.split(",") if x.strip()]
+    if args.skip is not None:
+        cfg.skip = [] if args.skip == "none" else [x.strip() for x in args.skip.split(",") if x.strip()]
     if set(cfg.skip) - {"cpu", "slow"}:
         p.error("--skip takes cpu and/or slow")
     if args.faults is not None:
