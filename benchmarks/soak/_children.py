@@ -493,10 +493,16 @@ def slow_consumer(cfg: dict[str, Any]) -> dict[str, Any]:
     after = memory_kb()
     peak = max(peak, after["rss_kb"])
     truth = {r.instance.key: r.fields["metadata"]["gen"] for r in writer.registrations()}
+    deadline = time.monotonic() + cfg.get("deadline", 60.0)
+    # The watch's thread may still be delivering (a network store's stream lags the writes): "then read it"
+    # means once the watch itself has seen everything, so that the reader falls behind exactly once.
+    caught_up_start = time.monotonic()
+    while time.monotonic() < deadline and {i.key: _gen(i) for i in watch.instances} != truth:
+        time.sleep(0.05)  # polling interval of a condition wait with a deadline
+    caught_up_s = time.monotonic() - caught_up_start
     # Read it: the consumer's own view, built from the events it gets, must reach the truth.
     view: dict[str, int] = {}
     resynced = events = 0
-    deadline = time.monotonic() + cfg.get("deadline", 60.0)
     drain_start = time.monotonic()
     while time.monotonic() < deadline:
         event = watch.get(timeout=0.2)
@@ -519,7 +525,7 @@ def slow_consumer(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"changes": changes, "write_s": write_s, "errors": errors, "rss_before_kb": before["rss_kb"],
             "rss_after_kb": after["rss_kb"], "rss_peak_kb": peak, "growth_mb": (peak - before["rss_kb"]) / 1024,
             "events_read": events, "resynced": resynced, "converged": view == truth, "list_ok": listed == truth,
-            "truth": len(truth), "drain_s": drained_s, "lost": len(set(truth) - set(view)),
+            "truth": len(truth), "drain_s": drained_s, "caught_up_s": caught_up_s, "lost": len(set(truth) - set(view)),
             "phantoms": len(set(view) - set(truth))}
 
 

@@ -1061,6 +1061,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r["backend"] for r in results if r["failures"]]
     print(f"[soak] {len(results)} backends in {total:.0f} s: "
           + ("all checks passed" if not failed else f"FAILED on {', '.join(failed)} (logs in {logdir})"), flush=True)
+    if not failed and not args.logs:
+        logging.shutdown()
+        shutil.rmtree(logdir, ignore_errors=True)  # kept only on failure, or when --logs chose the directory
     return 1 if failed else 0
 
 
