@@ -290,15 +290,17 @@ STORES: dict[str, type[Store]] = {"memory": MemoryStore, "file": FileStore, "etc
 def plant_foreign_files(root: str, count: int, namespace: str = "foreign") -> None:
     """``count`` instance files of other (pretend) live processes, dated in the future so that no reaper
     deletes them during a measurement: the store looks like one shared with ``count`` live instances."""
-    from waypost.backends.file import BUCKET, encode_name
-
-    bucket = Path(root, BUCKET)
-    bucket.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # The layout the file backend documents (Dynamo's): <root>/v1/instances/<key relative to the bucket,
+    # every byte outside [A-Za-z0-9] written as %XX>.
+    bucket_key = "v1/instances"
+    bucket = Path(root, bucket_key)
+    for part in (Path(root), Path(root, "v1"), bucket):
+        part.mkdir(exist_ok=True, mode=0o700)
     future = time.time() + 86400
     for i in range(count):
         inst = waypost.Instance(namespace, f"c{i % 16}", "e", i + 1, waypost.TransportType.tcp(f"10.0.0.1:{i}"))
-        relative = inst.key[len(BUCKET) + 1:]
-        path = bucket / encode_name(relative)
+        relative = inst.key[len(bucket_key) + 1:].encode()
+        path = bucket / "".join(chr(b) if chr(b).isascii() and chr(b).isalnum() else f"%{b:02X}" for b in relative)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, inst.to_json())
