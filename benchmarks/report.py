@@ -297,6 +297,21 @@ def render(table: dict[tuple[Any, ...], dict[str, Any]], env: dict[str, Any], no
     return "\n".join(out)
 
 
+SOAK_BEGIN, SOAK_END = "<!-- soak:begin -->", "<!-- soak:end -->"
+
+
+def kept_soak_section(path: Path) -> str:
+    """The "Soak and faults" section ``benchmarks/soak/run.py --results`` wrote into ``path``, to keep it."""
+    try:
+        old = path.read_text()
+    except OSError:
+        return ""
+    if SOAK_BEGIN not in old or SOAK_END not in old:
+        return ""
+    section = old[old.index(SOAK_BEGIN):old.index(SOAK_END) + len(SOAK_END)]
+    return "\n" + section + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("json", nargs="+", help="pytest-benchmark JSON (and optionally the --metrics-json file)")
@@ -307,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     if not table:
         print("report: no measurements found in " + ", ".join(args.json), file=sys.stderr)
         return 1
-    Path(args.output).write_text(render(table, env, notes, args.command))
+    text = render(table, env, notes, args.command)
+    Path(args.output).write_text(text + kept_soak_section(Path(args.output)))
     print(f"report: wrote {args.output} ({len(table)} figures)")
     return 0
 
