@@ -121,7 +121,7 @@ def listmem(args: argparse.Namespace) -> None:
     if args.impl == "waypost":
         import waypost
 
-        rt = waypost.connect(args.url, ttl=3600)
+        rt = waypost.connect(args.url, ttl=3600, timeout=60.0)  # etcd and Redis (the big list only)
         rt.namespace(NAMESPACE).component("listmem-warmup").list_instances()
 
         def read() -> Any:

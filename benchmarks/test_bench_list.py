@@ -74,7 +74,9 @@ class Populated:
     def waypost(self, target: Any, n: int) -> Any:
         key = (target.name, "waypost", n)
         if key not in self.done:
-            rt = target.connect(ttl=3600)  # the data outlives the benchmark; nothing goes stale
+            # The data outlives the benchmark: nothing goes stale. A 100 000 list may outlast the 5 s default
+            # timeout on a loaded machine (etcd and Redis take `timeout`).
+            rt = target.connect(ttl=3600, **({"timeout": 60.0} if n > max(SIZES) else {}))
             self.cleanups.append(rt.close)
             backend = rt.backend
             lease = backend.grant_lease(3600.0)
