@@ -338,6 +338,7 @@ def environment() -> dict[str, Any]:
             "waypost", "pluggy", "etcd-sdk-python", "grpcio", "protobuf", "redis", "hiredis",
             "msgspec", "py-consul", "tooz", "etcd3gw", "pytest-benchmark")},
         "code": _code_state(),
+        "load": {"start": _LOAD.get("start"), "end": [round(x, 2) for x in os.getloadavg()]},
         "consul_backend": _backend_missing("consul") is None,
         "tooz_consul": dict(TOOZ_CONSUL_ENV),
         "servers": {
@@ -365,7 +366,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         Path(path).write_text(json.dumps(_harness_json(config), indent=2))
 
 
+_LOAD: dict[str, list[float]] = {}  # the machine's load average when the run started (and ended)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
+    _LOAD["start"] = [round(x, 2) for x in os.getloadavg()]
     os.environ.pop("WAYPOST_URL", None)
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(BENCH_DIR), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")) if p)

@@ -355,6 +355,9 @@ def render(table: dict[tuple[Any, ...], dict[str, Any]], env: dict[str, Any], no
         f"- CPU: {env.get('cpu', '?')}, {env.get('cores', '?')} cores ({env.get('usable_cores', '?')} usable), "
         f"{env.get('machine', '?')}, Linux {env.get('kernel', '?')}",
         f"- Python {env.get('python', '?')}",
+        "- Load average (1/5/15 min) at the start and the end of the run: "
+        + " → ".join("/".join(f"{x:g}" for x in (env.get("load") or {}).get(k) or ()) or "?" for k in ("start", "end"))
+        + f" ({env.get('cores', '?')} cores; other jobs shared the machine)",
         f"- Code measured: {env.get('code', '?')}",
         "- Packages: " + ", ".join(f"{k} {v}" for k, v in pkgs.items()),
         "- Servers (on 127.0.0.1, started by `tests/servers/`): " + "; ".join(f"{k}: {v}" for k, v in srv.items()),
