@@ -129,7 +129,7 @@ def _watch_writer(impl: str, backend: str, url: str, raw_options: dict[str, Any]
         return (lambda: held.append(ep.register(transport=transport, device_type="cuda")),
                 lambda: held.pop().unregister(), rt.close)
     raw = RAW_STORES[backend](url, **raw_options)
-    lease = raw.grant(10)
+    lease = raw.grant(3600)  # not kept alive
     iid = getattr(lease, "id", None) or 0x7A11_0000_0000_0003
     key = instance_key(NAMESPACE, component, "w", iid)
 

@@ -109,6 +109,7 @@ def warm_bytecode(module: str) -> str:
     return f"{info['modules']} modules, {info['modules'] - len(info['uncached'])} from bytecode caches"
 
 
+@pytest.mark.timeout(900)  # 150 fresh interpreters in full mode
 def test_import_time(mode: Any) -> None:
     runs = mode.rounds(15, 3)
     modules = {("any", "waypost"): "waypost"}
