@@ -83,19 +83,25 @@ class Elapsed(float):
 
 
 def interleaved(impls: dict[str, tuple[Step, Callable[[], Any], Step]], rounds: int,
-                warmup: int = 2) -> dict[str, list[float]]:
+                warmup: int = 2, every: dict[str, int] | None = None) -> dict[str, list[float]]:
     """Time ``op`` of every implementation round by round, rotating the order each round.
 
     ``impls`` maps a name to ``(setup, op, teardown)``; only ``op`` is timed (or, when
     it returns something with a float ``elapsed``, that is its time: see ``Elapsed``).
     Alternating keeps a load change on a shared machine from landing on one
-    implementation only, so the ratios of the medians are robust.
+    implementation only, so the ratios of the medians are robust. ``every`` thins
+    out a slow implementation: ``{"tooz": 6}`` runs it in one measured round of 6
+    (and in the first warm-up round), still spread over the whole pass.
     """
     names = list(impls)
     samples: dict[str, list[float]] = {name: [] for name in names}
+    every = every or {}
     for r in range(warmup + rounds):
         k = r % len(names)
         for name in names[k:] + names[:k]:
+            step = every.get(name, 1)
+            if step > 1 and not (r == 0 or (r >= warmup and (r - warmup) % step == 0)):
+                continue
             setup, op, teardown = impls[name]
             if setup is not None:
                 setup()

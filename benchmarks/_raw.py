@@ -93,7 +93,11 @@ class RawEtcd(RawStore):
         import pyetcd
 
         host, port = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)
-        self.client = pyetcd.client(host=host, port=int(port), timeout=10)
+        # gRPC refuses replies over 4 MB by default: a list of 100 000 instances is ~25 MB (the backend
+        # raises the limit the same way).
+        self.client = pyetcd.client(host=host, port=int(port), timeout=30, grpc_options=[
+            ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+            ("grpc.max_send_message_length", 256 * 1024 * 1024)])
         self.root = root
 
     def grant(self, ttl: float) -> Any:
@@ -232,32 +236,58 @@ class RawFile(RawStore):
         return out
 
     def watch(self, prefix: str, on_event: OnEvent) -> Callable[[], None]:
-        """inotify through watchfiles (debounce 100 ms, step 5 ms: it yields ~2 steps after a change)."""
-        import watchfiles
+        """inotify on the bucket through libc (ctypes), as the backend does: no debounce, no polling.
 
+        One ``IN_CREATE`` (``link()`` of the final name) / ``IN_DELETE`` / ``IN_MOVED_*`` per change, for
+        the names under ``prefix``; the event is delivered as soon as ``select`` wakes up.
+        """
+        import ctypes
+        import select
+        import struct
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        in_create, in_delete, in_moved_from, in_moved_to, in_close_write = 0x100, 0x200, 0x40, 0x80, 0x8
+        mask = in_create | in_delete | in_moved_from | in_moved_to | in_close_write
+        if libc.inotify_add_watch(fd, os.fsencode(self.bucket), mask) < 0:
+            os.close(fd)
+            raise OSError(ctypes.get_errno(), "inotify_add_watch")
         encoded = file_escape(prefix[len(self.BUCKET) + 1:])
-        stop = threading.Event()
-        ready = threading.Event()
+        event = struct.Struct("iIII")
+        stop_r, stop_w = os.pipe()
 
         def run() -> None:
-            ready.set()
-            for changes in watchfiles.watch(self.bucket, watch_filter=None, debounce=100, step=5,
-                                            stop_event=stop, recursive=False, raise_interrupt=False):
-                for change, path in sorted(changes, key=lambda c: c[1]):
-                    name = os.path.basename(path)
+            while True:
+                readable, _, _ = select.select([fd, stop_r], [], [])
+                if stop_r in readable:
+                    return
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                offset = 0
+                while offset + event.size <= len(data):
+                    _, ev_mask, _, length = event.unpack_from(data, offset)
+                    name = os.fsdecode(data[offset + event.size:offset + event.size + length].split(b"\0", 1)[0])
+                    offset += event.size + length
                     if not name.startswith(encoded):
                         continue
                     key = f"{self.BUCKET}/{file_unescape(name)}"
-                    on_event("delete" if change == watchfiles.Change.deleted else "put", key)
+                    if ev_mask & (in_delete | in_moved_from):
+                        on_event("delete", key)
+                    elif ev_mask & (in_create | in_moved_to):
+                        on_event("put", key)
 
         thread = threading.Thread(target=run, name="raw-file-watch", daemon=True)
         thread.start()
-        ready.wait(5)
-        time.sleep(0.05)  # watchfiles arms inotify right after the thread starts: no API tells us when
 
         def stopper() -> None:
-            stop.set()
+            os.write(stop_w, b"!")
             thread.join(5)
+            for f in (fd, stop_r, stop_w):
+                os.close(f)
 
         return stopper
 

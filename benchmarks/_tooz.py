@@ -151,11 +151,17 @@ class ToozMember:
                      for member, caps in members.items()]
             for i in range(0, len(items), 64):  # Consul's limit of operations per transaction
                 coord._client.txn.put(items[i:i + 64])
-        elif hasattr(coord, "_prefix_group"):  # etcd3gw driver
+        elif hasattr(coord, "_prefix_group"):  # etcd3gw driver: the driver's puts, 100 to a transaction
+            import base64
+
             prefix = coord._prefix_group(gid)
             lease = coord.client.lease(3600)
-            for member, caps in members.items():
-                coord.client.put((prefix + member.encode()).decode(), utils.dumps(caps), lease=lease)
+            puts = [{"request_put": {"key": base64.b64encode(prefix + member.encode()).decode("ascii"),
+                                     "value": base64.b64encode(utils.dumps(caps)).decode("ascii"),
+                                     "lease": lease.id}}
+                    for member, caps in members.items()]
+            for i in range(0, len(puts), 100):  # etcd's default --max-txn-ops is 128
+                coord.client.transaction({"compare": [], "success": puts[i:i + 100], "failure": []})
             self._populate_lease = lease
         else:  # redis driver
             client = coord._client

@@ -11,6 +11,9 @@ received, the same clock as the parent's on Linux).
 killed (SIGKILL = a crash: no unregister, no revoke).
 ``serve`` (tooz only) is a tooz member driven by JSON lines on stdin
 (``_tooz.RemoteToozMember``: tooz 8.1 on Consul runs in its own virtualenv).
+``listmem`` (waypost / raw) lists ``--count`` instances of COMPONENT once and
+prints one JSON line: the call's time, its peak RSS above the RSS just before
+it, its tracemalloc peak and what the result holds (test_bench_list.py).
 """
 
 from __future__ import annotations
@@ -101,9 +104,60 @@ def hold(args: argparse.Namespace) -> None:
     sys.stdin.read()
 
 
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def listmem(args: argparse.Namespace) -> None:
+    """Peak memory of one list, in this fresh process (connections and imports warmed on an empty prefix)."""
+    import gc
+    import tracemalloc
+
+    prefix = f"v1/instances/{NAMESPACE}/{args.component}/"
+    if args.impl == "waypost":
+        import waypost
+
+        rt = waypost.connect(args.url, ttl=3600, timeout=60.0)  # etcd and Redis (the big list only)
+        rt.namespace(NAMESPACE).component("listmem-warmup").list_instances()
+
+        def read() -> Any:
+            return rt.namespace(NAMESPACE).component(args.component).list_instances()
+    else:
+        store = raw_store(args)
+        store.list(f"v1/instances/{NAMESPACE}/listmem-warmup/")
+
+        def read() -> Any:
+            return store.list(prefix)
+    gc.collect()
+    try:  # reset the high-water mark (VmHWM) to the current RSS
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    before = _rss_kib("VmRSS")
+    t0 = time.perf_counter()
+    result = read()
+    elapsed = time.perf_counter() - t0
+    rss_peak = (_rss_kib("VmHWM") - before) * 1024
+    count = len(result)
+    del result
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    result = read()
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    emit(json.dumps({"count": count, "elapsed": elapsed, "rss_peak": rss_peak, "tracemalloc_peak": peak - base,
+                     "tracemalloc_held": held - base, "check": len(result)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["watch", "hold", "serve"])
+    parser.add_argument("role", choices=["watch", "hold", "serve", "listmem"])
     parser.add_argument("--impl", choices=["waypost", "raw", "tooz"], required=True)
     parser.add_argument("--backend", required=True)
     parser.add_argument("--url", required=True)
@@ -113,11 +167,15 @@ def main() -> None:
     parser.add_argument("--name", default="held")
     parser.add_argument("--ttl", type=float, default=2.0)
     parser.add_argument("--no-heart", action="store_true")
+    parser.add_argument("--count", type=int, default=0)
     args = parser.parse_args()
     if args.role == "serve":
         from _tooz import serve
 
         serve(args.tooz_url, args.name, args.ttl, not args.no_heart)
+        return
+    if args.role == "listmem":
+        listmem(args)
         return
     (watch if args.role == "watch" else hold)(args)
 

@@ -53,7 +53,9 @@ def make(target: Any, impl: str, suffix: str = "") -> Ops:
         return register, unregister, close
     if impl == "raw":
         store = target.raw()
-        lease = store.grant(10)
+        # Nobody keeps it alive (waypost's Runtime does, in a thread): long enough for the whole test on a
+        # loaded machine (at ttl = 10 s a slow run lost it: "lease not found", Consul "invalid session").
+        lease = store.grant(3600)
         instance_id = getattr(lease, "id", None) or 0x7A11_0000_0000_0001
         key = instance_key(NAMESPACE, comp, ENDPOINT, instance_id)
 
@@ -104,6 +106,7 @@ def test_register(benchmark: Any, target: Any, mode: Any, impl: str, op: str) ->
         close()
 
 
+@pytest.mark.timeout(900)
 def test_register_interleaved(target: Any, mode: Any) -> None:
     impls = ["waypost", "raw"] + (["tooz"] if target.tooz_url else [])
     ops = {impl: make(target, impl, suffix="-il") for impl in impls}

@@ -50,7 +50,7 @@ def _writer(target: Any, impl: str, component: str, name: str) -> tuple[Callable
                 lambda: held.pop().unregister(), rt.close)
     if impl == "raw":
         store = target.raw()
-        lease = store.grant(10)
+        lease = store.grant(3600)  # not kept alive: it must outlast the test (see test_bench_register.py)
         iid = getattr(lease, "id", None) or 0x7A11_0000_0000_0003
         key = instance_key(NAMESPACE, component, name, iid)
 
