@@ -121,10 +121,15 @@ def test_read_modes_and_datacenter(consul_server: servers.ConsulServer, runtimes
         _connect(runtimes, consul_server.url, dc="dc2")
 
 
+@pytest.mark.parametrize("watch_rate", [None, 100])
 def test_a_processs_own_writes_are_never_merged(consul_server: servers.ConsulServer,
-                                                runtimes: list[waypost.Runtime], ns: str) -> None:
-    """Blocking queries return states; the write fence keeps a Runtime's own add-then-remove visible."""
-    rt = _connect(runtimes, consul_server.url)
+                                                runtimes: list[waypost.Runtime], ns: str,
+                                                watch_rate: float | None) -> None:
+    """Blocking queries return states; the write fence keeps a Runtime's own add-then-remove visible.
+
+    Also when the read budget is spent (100 B/s: seconds between queries), a fenced write asks at once.
+    """
+    rt = _connect(runtimes, consul_server.url, **({} if watch_rate is None else {"watch_rate": watch_rate}))
     ep = rt.namespace(ns).component("c").endpoint("e")
     with rt.watch(Query.namespace(ns)) as watch:
         for n in range(20):
@@ -249,12 +254,47 @@ def test_bad_urls_are_config_errors(url: str, match: str) -> None:
     assert "hunter2" not in str(caught.value)
 
 
+def test_a_busy_prefix_is_read_at_most_at_watch_rate(consul_server: servers.ConsulServer,
+                                                     runtimes: list[waypost.Runtime], ns: str) -> None:
+    """Consul answers each change with the whole prefix: past ``watch_rate`` bytes/s, states are merged.
+
+    Another writer changes one value of a ~70 KB prefix every 20 ms for 2 s; at
+    35 KB/s (a burst of one second) the watch can take about three states, not
+    a hundred (unlimited, every change is one answer: 20 watching processes on
+    200 x 5 endpoints saturated a 2-core agent that way).
+    """
+    raw = _raw(consul_server)
+    padding = {"pad": "x" * 1000}
+    fillers = [waypost.Instance(ns, "c", f"f{n}", 0x1000 + n, TransportType.tcp("h:1"), metadata=padding)
+               for n in range(50)]
+    for instance in fillers:
+        assert raw.kv.put(instance.key, instance.to_json())
+    rt = _connect(runtimes, consul_server.url, watch_rate=35_000)
+    changed = [waypost.Instance(ns, "c", "busy", 0xB05, TransportType.tcp(f"h:{n}")) for n in range(100)]
+    with rt.watch(Query.namespace(ns)) as watch:
+        wait_until(lambda: len(watch.instances) == 50, 5.0, what="the fillers listed")
+        started = time.monotonic()
+        for n, instance in enumerate(changed):
+            assert raw.kv.put(instance.key, instance.to_json())
+            time.sleep(max(0.0, started + 0.02 * (n + 1) - time.monotonic()))  # pacing the writer, not a sync
+        elapsed = time.monotonic() - started
+        wait_until(lambda: changed[-1] in watch.instances, 10.0, what="the last value watched")
+        states = []
+        while (event := watch.get(timeout=0)) is not None:
+            if isinstance(event, Added) and event.instance.endpoint == "busy":
+                states.append(event.instance)
+    assert states[-1] == changed[-1]
+    size = len(json.dumps([{"Value": base64.b64encode(i.to_json()).decode()} for i in fillers]))
+    allowed = 2 + (35_000 * (elapsed + 1)) / size  # the burst, the rate over the writes, the last state
+    assert len(states) <= allowed + 2, f"{len(states)} states of a {size}-byte prefix in {elapsed:.1f} s"
+
+
 def test_declared_options_and_capabilities() -> None:
     from waypost.backends.consul import ConsulBackend
 
     names = {o.name for o in ConsulBackend.options}
     assert names == {"timeout", "token", "ca_cert", "client_cert", "client_key", "tls_verify", "tls_server_name",
-                     "prefix", "dc", "consistency", "watch_wait"}
+                     "prefix", "dc", "consistency", "watch_wait", "watch_rate"}
     assert [o.name for o in ConsulBackend.options if o.secret] == ["token"]
     assert waypost.Capability.WATCH_HISTORY not in ConsulBackend.capabilities
     assert ConsulBackend.__doc__ is not None

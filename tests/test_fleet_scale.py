@@ -6,6 +6,7 @@ in benchmarks/soak; these tests pin down the mechanisms, each of which failed on
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -61,22 +62,53 @@ def test_a_keepalive_touches_only_its_own_files_however_big_the_store(tmp_path: 
         assert counted_listings == [], "a keepalive listed the store"
 
 
-def test_without_watchers_keepalives_reap_once_per_stale_after_between_them(tmp_path: Path) -> None:
-    backends = [waypost.connect(f"file://{tmp_path}", ttl=2.0) for _ in range(5)]
+def test_without_watchers_keepalives_reap_once_per_four_stale_afters_between_them(tmp_path: Path) -> None:
+    """With no watch reaping, the store-wide pass is garbage collection: 5 Runtimes run it every 4 s here."""
+    backends = [waypost.connect(f"file://{tmp_path}", ttl=1.0) for _ in range(5)]
     try:
         passes: list[float] = []
         for rt in backends:
             real = rt.backend._reap_everything
             rt.backend._reap_everything = lambda real=real: (passes.append(time.monotonic()), real())  # type: ignore[method-assign]
         started = time.monotonic()
-        while time.monotonic() - started < 5.0:  # 5 Runtimes keeping alive for 5 s: 2.5 stale_after periods
+        while time.monotonic() - started < 9.0:  # 5 Runtimes keeping alive for 9 s: passes at 0, 4 and 8 s
             for rt in backends:
                 rt.backend.keep_alive(rt.lease)
             time.sleep(0.05)  # paces the calls (no synchronization depends on it)
-        assert 1 <= len(passes) <= 3, f"{len(passes)} reap passes in 5 s by 5 Runtimes (stale_after 2 s)"
+        assert 2 <= len(passes) <= 3, f"{len(passes)} reap passes in 9 s by 5 Runtimes (stale_after 1 s)"
+        assert min(b - a for a, b in itertools.pairwise(passes)) >= 3.5, passes
     finally:
         for rt in backends:
             rt.close()
+
+
+def test_the_store_wide_pass_examines_only_stale_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One lstat per live file and nothing more; stale instances and temp files go; links and their targets stay."""
+    import os
+
+    with waypost.connect(f"file://{tmp_path}", ttl=1.0) as rt:
+        bucket = tmp_path / "v1" / "instances"
+        plant_foreign(bucket, 50)
+        outside = tmp_path / "outside"
+        outside.write_bytes(b"not the store's")
+        stale = [bucket / encode_name("other/c/dead/f00d"), bucket / ".tmp_f00d-0123", bucket / "not%encoded"]
+        for path in stale:
+            path.write_bytes(waypost.Instance("other", "c", "dead", 0xF00D, tcp(1)).to_json())
+        (bucket / encode_name("other/c/link/f00d")).symlink_to(outside)
+        old = time.time() - 60
+        for path in [*stale, outside]:
+            os.utime(path, (old, old))
+        os.utime(bucket / encode_name("other/c/link/f00d"), (old, old), follow_symlinks=False)
+        decoded: list[str] = []
+        real = file_backend.decode_name
+        monkeypatch.setattr(file_backend, "decode_name", lambda name: (decoded.append(name), real(name))[1])
+        rt.backend._reap_everything()
+        assert sorted(decoded) == sorted([encode_name("other/c/dead/f00d"), "not%encoded",
+                                          encode_name("other/c/link/f00d")])
+        assert not stale[0].exists() and not stale[1].exists()
+        assert stale[2].exists(), "a name that is not a key is not this store's to delete"
+        assert (bucket / encode_name("other/c/link/f00d")).is_symlink() and outside.read_bytes() == b"not the store's"
+        assert len(rt.list_instances("other")) == 50
 
 
 def test_processes_sharing_a_store_elect_one_reaper_per_interval(tmp_path: Path) -> None:

@@ -44,7 +44,11 @@ Liveness
     a file of the same name written after its own was reaped (another Runtime
     granted the same instance id) is left alone. Any process deletes files
     whose mtime is more than ``stale_after`` seconds old when it sees them: on
-    every ``list``, every watch scan and every keepalive. A crashed
+    every ``list`` and watch scan, and in one store-wide pass per
+    ``min(1 s, stale_after / 4)`` that the processes with a watch elect among
+    themselves (``.waypost/reaper``); with no watch alive, a keepalive runs
+    that pass every ``4 x stale_after`` (lists never show stale files, and
+    Dynamo processes reap on their own). A crashed
     (SIGKILLed) process therefore disappears within ttl + ``poll_interval``
     for any watcher, and from any ``list``, as long as *some* process reads
     the directory (there is no server to expire files on its own; this backend
@@ -184,6 +188,7 @@ _log = logging.getLogger("waypost")
 TMP_PREFIX = ".tmp_"
 LEASE_DIR = ".waypost/leases"
 _STORE_DIRS = ("", "v1", *BUCKETS, ".waypost", LEASE_DIR)
+KEEPALIVE_REAP_AFTER = 4  # stale_afters between store-wide passes a keepalive runs (when no watch reaps)
 _LEASED = (KEY_ROOT, "v1/mdc")  # the buckets whose keys name the lease: ``{ns}/{comp}/{ep}/{lease hex}[/…]``
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _ENCODED_NAME = re.compile(r"(?:[A-Za-z0-9]|%[0-9A-F]{2})+")
@@ -869,9 +874,11 @@ class FileBackend(Backend):
                             "or another process revoked the lease (and may hold its id now)")
         if unusable is not None:
             raise BackendUnavailable(f"file:// store: cannot keep this Runtime's files alive: {unusable}")
-        # Watches reap every reap_interval; a keepalive only when nobody did for a whole stale_after
-        # (no watcher alive), so its own cost stays O(its files) however big the store is.
-        self._maybe_reap(max(self.reap_interval, self.stale_after))
+        # Watches reap every reap_interval; a keepalive only when nobody did for KEEPALIVE_REAP_AFTER
+        # stale_afters (no watcher alive). That pass is garbage collection: lists and watches never show
+        # a stale file and Dynamo processes reap themselves. Rare, so that a Runtime's cost stays close to
+        # O(its files) however big the store is.
+        self._maybe_reap(max(self.reap_interval, KEEPALIVE_REAP_AFTER * self.stale_after))
 
     def revoke_lease(self, lease_id: int) -> None:
         self._check()
@@ -1162,8 +1169,26 @@ class FileBackend(Backend):
         return True
 
     def _reap_everything(self) -> None:
+        """The elected pass over the whole store: one ``lstat`` per entry, only stale ones examined further.
+
+        A live entry costs a system call and a comparison here (no name
+        decoding, no checks): the pass is the one thing that grows with the
+        store, and lists and watches report what is wrong with live entries.
+        """
         for bucket_name, bucket in self._each_bucket(BUCKETS):
-            self._scan(bucket, bucket_name, "")
+            try:
+                names = bucket.names()
+            except OSError:
+                continue
+            now = time.time()
+            cutoff, lstat = now - self.stale_after, bucket.lstat
+            for name in names:
+                try:
+                    st = lstat(name)
+                except OSError:
+                    continue
+                if st is not None and st.st_mtime < cutoff:
+                    self._examine(bucket, bucket_name, name, "", now)  # decodes, then reaps or warns
         self._reap_markers()
 
     # watching ------------------------------------------------------------------------------

@@ -161,7 +161,8 @@ class Endpoint(_Scope[RegT, ListT, WatchT, ClientT]):
 
     def __init__(self, component: Component[RegT, ListT, WatchT, ClientT], name: str) -> None:
         self.component = component
-        self.id = EndpointId(component.namespace.name, component.name, name)
+        # A handle is for serving: waypost's own rule (EndpointId alone also takes the names Dynamo writes).
+        self.id = EndpointId(component.namespace.name, component.name, validate_segment("endpoint", name))
 
     @property
     def name(self) -> str:
