@@ -303,6 +303,7 @@ class Population:
         self._worker_n = 0
         self.local = store.name == "memory"
         self.retired: dict[str, dict[str, Any]] = {}  # killed or closed workers' last truth
+        self.last_worker_up = 0.0  # when the newest workers had registered everything (start_workers)
 
     # processes -----------------------------------------------------------------------
     def _spawn(self, mode: str, cfg: dict[str, Any]) -> Any:
@@ -330,6 +331,8 @@ class Population:
     def start_workers(self, counts: list[int]) -> None:
         made = [self._spawn("worker", self._worker_cfg(n)) for n in counts]
         call_all(made, "start", timeout=120.0)
+        # Their Runtimes' registrations are writes too: convergence counts from the last one.
+        self.last_worker_up = time.monotonic()
         for ch in made:
             self.workers[ch.name] = ch
 
@@ -397,6 +400,7 @@ class Population:
         list_ok_at: float | None = None  # start of the list's current run of matches
         ok_at: float | None = None  # start of the current run where views and list all match
         polls = 0
+        poll_parts: list[tuple[float, float, float, bool, bool]] = []  # truth, reports, list (s); views, list ok
         views_ok = False
         # The coordinator's own work must not starve what it measures (2 cores; memory:// shares its GIL):
         # the polling interval grows with the time a poll takes.
@@ -405,9 +409,12 @@ class Population:
             polls += 1
             poll_started = time.monotonic()
             truth, _ = self.truth()
+            t_truth = time.monotonic()
             expected = {}
             views_ok = True
-            for report in self.reports():
+            reports = self.reports()
+            t_reports = time.monotonic()
+            for report in reports:
                 for view in report["views"]:
                     q = view["query"]
                     if q not in expected:
@@ -416,6 +423,8 @@ class Population:
                     views_ok = views_ok and view["digest"] == expected[q]
             listed = self.listed()
             now = time.monotonic()
+            poll_parts.append((round(t_truth - poll_started, 3), round(t_reports - t_truth, 3),
+                               round(now - t_reports, 3), views_ok, listed == truth))
             list_ok_at = (list_ok_at or now) if listed == truth else None
             ok_at = (ok_at or now) if views_ok and list_ok_at is not None else None
             if ok_at is not None and now >= since + settle_s and now - ok_at >= stable_s:
@@ -452,6 +461,10 @@ class Population:
         reregistered = sum(1 for rt in open_rts if all(k in listed for k in rt.get("keys", {})))
         return {
             "converged": converged, "convergence_s": max(0.0, end - since) if converged else None,
+            # Which of the two ended it: the views' last change, or the first matching list (poll-bound).
+            "views_settled_s": max(0.0, last_change - since),
+            "list_ok_s": None if list_ok_at is None else max(0.0, list_ok_at - since),
+            "poll_parts": poll_parts[-8:],
             "lost": lost + list_lost, "phantoms": phantoms + list_phantoms, "stale": stale,
             "view_lost": lost, "view_phantoms": phantoms, "list_lost": list_lost, "list_phantoms": list_phantoms,
             "truth": len(truth), "polls": polls, "runtimes_open": len(open_rts), "runtimes_back": reregistered,
@@ -558,7 +571,9 @@ def phase_churn(pop: Population, cfg: Config) -> dict[str, Any]:
     stopped = call_all(list(pop.workers.values()), "stop", timeout=120.0)
     for n, reply in zip(list(pop.workers), stopped, strict=True):
         pop._truth_cache[n] = reply
-    t_stop = max([r["last_op_at"] for r in stopped] + [started])
+    # The last write: a churn operation, or the last registration of a worker started to replace a killed
+    # one (on a saturated Consul agent, 25 Runtimes x 5 endpoints take tens of seconds to register).
+    t_stop = max([r["last_op_at"] for r in stopped] + [started, pop.last_worker_up])
     result = pop.converge(t_stop, deadline_s=cfg.ttl + store.expiry_bound + 20.0, stable_s=0.5)
     losses_after = pop.lease_losses()
     lease_lost = sum(n - losses_before.get(k, 0) for k, n in losses_after.items())
@@ -857,7 +872,8 @@ def render(results: list[dict[str, Any]], cfg: Config, command: str, env: dict[s
              f"(half on the namespace, half on one component each), ttl = {cfg.ttl:g} s, {cfg.churn_seconds:g} s of "
              f"churn at {cfg.rate:g} operations/s per worker (register, unregister, update, close + reopen a "
              f"Runtime) with {cfg.kills} worker processes SIGKILLed (each replaced). Convergence: from the last "
-             "churn operation (or the moment a fault was lifted) to the last change any watcher's view made, or "
+             "write of the churn (an operation, or the last registration of a worker replacing a killed one; or "
+             "the moment a fault was lifted) to the last change any watcher's view made, or "
              "the first fresh list equal to the truth, whichever is later. lost = in the truth but missing from a "
              "view or the list; phantoms = in a view or the list but not in the truth (summed over the views and "
              "the list); stale = present with an older value.", "",
@@ -888,7 +904,7 @@ def render(results: list[dict[str, Any]], cfg: Config, command: str, env: dict[s
                       f"{_cpu_ms(file_cpu['empty+watcher'])}, with {n} foreign instance files "
                       f"{_cpu_ms(file_cpu['foreign+watcher'])}: ratio **{file_cpu['ratio']:.2f}** (goal <= 1.5). "
                       f"The probe alone on the store (its keepalive is then the elected reaper: one pass over the "
-                      f"whole store per stale_after): {_cpu_ms(file_cpu['empty'])} vs {_cpu_ms(file_cpu['foreign'])}, "
+                      f"whole store per 4 x stale_after): {_cpu_ms(file_cpu['empty'])} vs {_cpu_ms(file_cpu['foreign'])}, "
                       f"ratio **{file_cpu['ratio_alone']:.2f}**."]
     lines += ["", "### Faults", "",
               "The population of the churn phase, churn stopped; each fault in turn. Convergence is measured from "

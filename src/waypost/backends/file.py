@@ -463,13 +463,19 @@ class _Dir:
                 raise _Skipped(f"owned by {_owner(st.st_uid)}, not by this user")
             if st.st_size > MAX_VALUE_BYTES:
                 raise _Skipped(f"{st.st_size} bytes, more than the {MAX_VALUE_BYTES} a value may have")
-            chunks = []
-            size = 0
-            while chunk := os.read(fd, max(st.st_size, 4096) + 1):
+            want = max(st.st_size, 4096) + 1
+            chunk = os.read(fd, want)
+            if len(chunk) < want:
+                # Short of what was asked: the end (files are published whole, by link or rename, and
+                # never written in place), so no second read to meet it.
+                return chunk
+            chunks, size = [], 0
+            while chunk:  # it grew since fstat: someone writes it in place
                 size += len(chunk)
                 if size > MAX_VALUE_BYTES:
                     raise _Skipped(f"more than the {MAX_VALUE_BYTES} bytes a value may have")
                 chunks.append(chunk)
+                chunk = os.read(fd, want)
             return b"".join(chunks)
         except OSError as exc:
             raise _Skipped(exc.strerror or str(exc)) from None

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._config import check_timeout
-from ._errors import Closed, NoInstances
+from ._errors import Closed, NoInstances, NotFound
 from ._events import Added, Event, Removed
 from ._instance import Instance
 from ._names import EndpointId
@@ -126,11 +126,12 @@ class Client:
         return _random.choice(self._pickable())
 
     def direct(self, instance_id: int) -> Instance:
+        """The instance with this id (down or not); :class:`NotFound` if none is known."""
         with self._changed:
             for instance in self._instances:
                 if instance.instance_id == instance_id:
                     return instance
-        raise NoInstances(f"instance {instance_id} of {self.endpoint_id} is not known")
+        raise NotFound(f"instance {instance_id:x} of {self.endpoint_id} is not known")
 
     def report_instance_down(self, instance_id: int) -> None:
         """Exclude ``instance_id`` from picks for ``down_period`` seconds."""

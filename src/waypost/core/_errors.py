@@ -13,8 +13,8 @@ as ``__cause__``, so callers never catch a client library's types::
     ├── AuthenticationError                      the store refused our credentials
     ├── LeaseLost                                the Runtime's lease is gone
     ├── AlreadyRegistered                        create-only registration found a key
-    ├── NotFound                                 no such registration / instance
     ├── NoInstances                              a Client had nothing to pick
+    │   └── NotFound                             no such instance (``Client.direct``)
     └── Closed                                   the Runtime, watch or client is closed
 
 Messages never contain credentials: backends build them from redacted URLs.
@@ -100,12 +100,12 @@ class AlreadyRegistered(WaypostError):
     """A create-only registration found the key held by another Runtime."""
 
 
-class NotFound(WaypostError):
-    """The registration or instance does not exist."""
-
-
 class NoInstances(WaypostError):
     """A Client was asked to pick an instance but none is available."""
+
+
+class NotFound(NoInstances):
+    """The instance asked for by id is not known (``Client.direct``); a :class:`NoInstances` too."""
 
 
 class Closed(WaypostError):
