@@ -27,78 +27,74 @@ TOOZ_NOISE = 1.10  # "slower than tooz" is flagged beyond 10 %: crash detection 
 # Causes found by profiling (benchmarks/profile_ops.py + timeit of the pieces, on the code named under
 # "Code measured"); kept here so every report carries them. Update them when the code or the figures move.
 EXPLANATIONS = (
-    "**list, every backend — what is left of the gap is building typed `Instance` objects** (the store read is "
-    "at par with raw). Since the last report the core no longer re-validates decoded values and sorts with "
-    "`key=str` (commits 9b261f3, c5e9f61): a list of 1 000 fell from 7.8 to 6.1 ms on memory, 9.9 to 8.1 ms "
-    "on etcd, 9.1 to 6.9 ms on Redis, and sorting is now 0.15 µs per instance (3 % of a list; it was ~4 µs). "
-    "Per instance now (timeit, N = 1 000, this machine): raw pays `json.loads` ≈ 2.2 µs; waypost pays the same "
-    "`json.loads` inside `Instance.from_json` (core/_instance.py) plus ≈ 3.2 µs: `Instance.from_dict` 2.65 µs "
-    "(field checks `_required_str` x3, `validate_namespace`/`validate_segment`, `_check_instance_id`, "
-    "`_decode_transport`, `_enum_or_none` x2, and `Instance._trusted` 1.0 µs, whose `zip` loop of 8 "
-    "`object.__setattr__` calls costs 0.5 µs when unrolled), `decode_entry`'s key check (`Instance.key` "
-    "re-formats the key) 0.2 µs, `Query.matches_key` in `decode_or_warn` (core/_watch.py) 0.2 µs, the sort "
-    "0.15 µs. pyinstrument agrees: `decode_items` is 85-95 % of a list of 1 000 on memory, etcd and Redis, "
-    "`EtcdBackend.range` / `RedisBackend.list` 7-12 %. So the ratio is highest where the fetch is cheapest "
-    "(memory 1.8-2.6, Redis 1.5-2.1) and lowest where it is dear (Consul 1.1-1.3). Inherent to returning "
-    "validated, typed instances from JSON in pure Python, except ~0.5 µs (`_trusted`) + ~0.4 µs (key rebuild "
-    "and prefix check, which could reuse the key's parsed parts) per instance.",
-    "**list on Consul**: `ConsulBackend.list` (backends/consul.py) does the raw baseline's work — one recursive "
-    "GET through py-consul's HTTP client, `json.loads` of the reply (`_Reply.json`), a base64 decode per value "
-    "(`_decode_entries`; py-consul's `kv.get` does the same for raw) — plus a `sorted()` of the pairs; the rest "
-    "of the gap (1.13-1.33) is the decoding above. Within the 1.2 target at N ≤ 1 000.",
-    "**list on file**: the backend's scan is ~60 % of a file list: `FileBackend._refresh` → `_scan` → "
-    "`_examine` builds a `pathlib.Path` per directory entry (`PosixPath.__new__`, ~28 % of the list) and "
-    "`decode_name` runs a regex + `unquote_to_bytes` per file, then `FileBackend._read` uses "
-    "`Path.read_bytes` (~25 %); raw does `os.scandir` + `open`. The other ~40 % is the decoding above. Not "
-    "inherent: `os.path`/`str` paths would remove most of the first part.",
-    "**register/unregister on memory** (µs-scale): `Runtime._register_once` → `_build_instance` → "
-    "`Instance.__init__`/`__post_init__` validates the caller's fields (needed once), `Instance.to_json`; "
-    "`Runtime._unregister` → `_instance_for` → `_build_instance` rebuilds and re-validates the `Instance` only "
-    "to get its key; both paths call `notify()` (a pluggy hook call, ~1-1.5 µs) even with no observer "
-    "registered. Raw is a dict insert (3.3 µs, incl. `json.dumps`) / `dict.pop` (0.3 µs), hence 2.7x / 17x on "
-    "absolute gaps of ~6 and ~4.4 µs. Not inherent: keep the key in the `Registration`, skip `notify` when no "
-    "plugin implements the hook.",
-    "**register/unregister on file**: the core costs above plus `FileBackend.create`/`delete` "
-    "(backends/file.py): pathlib joins (`_path`, `_marker`, `_write_tmp`), `_require_lease` stats the lease "
-    "marker (`_is_file`), `secrets.token_hex` for the temp name, and since d87b46a each written file keeps a "
-    "descriptor open (its identity: `delete` checks it with `_is_file` and `_close`s it). `encode_name`'s "
-    "per-byte generator (~15 % of a register+unregister) is paid by raw too (`file_escape`, same layout). "
-    "Partly inherent (the lease and identity checks are what make delete safe), partly pathlib.",
-    "**register/unregister on Redis** (1.41 / 1.26): measured per register+unregister, waypost's Lua scripts run "
-    "21.4 µs inside Redis vs 11.7 µs for the raw minimal scripts (`INFO commandstats`; 21 vs 14 commands: "
-    "`TIME`, `ZRANGEBYSCORE` to reap expired leases, `ZSCORE` liveness, `HGET` of the grant token (d87b46a) "
-    "and of the owner, on top of the same writes + change-log `XADD`); the backend's SPI create+delete is "
-    "12-15 µs above raw in all, the core's ~10 µs (as on memory) is the rest. The server-side checks are "
-    "inherent to the design (Redis expires nothing itself; a stale grant must not touch a newer one's keys).",
-    "**list on Redis slower than tooz (2.2x at N ≥ 1 000)**: tooz decodes msgpack capabilities into plain dicts "
-    "from one `HGETALL`; waypost's fetch (one script, 1.2 ms at N = 1 000) is not the issue, its JSON decoding "
-    "+ `Instance` construction (≈ 5.4 µs per instance, first item) is. Beating tooz there would need decoding "
-    "below ~2.4 µs per instance: not reachable with JSON (Dynamo's wire format) and typed objects in Python.",
-    "**list on file (N = 10 000) vs tooz (1.08x)**: tooz's file driver does `listdir` + `stat` + read + msgpack "
-    "per member; waypost pays the backend scan costs above plus JSON decoding and `Instance` construction.",
+    "**list, every backend: the codec is not the cost any more.** Since the msgspec codec (`decode_batch` in "
+    "core/_instance.py: one C call decodes and type-checks each value into a frozen `Instance` Struct; names are "
+    "looked up in sets of names already validated, and the key is compared with one f-string) a decoded "
+    "instance costs less than raw's `json.loads` into a dict; `decode_batch` is ~10 % of a file list of "
+    "10 000 and the sort by `str` ~1.5 %. What is left of a list is the store's read.",
+    "**list on file (the one list goal at the edge)**: pyinstrument on a list of 10 000 (benchmarks/profile_ops.py "
+    "list --backend file --n 10000): `FileBackend._scan` ~50 % (per entry: `decode_name` — the canonical-name "
+    "regex, plus `%XX` decoding when a name holds more than separators —, and an `lstat` through the store's "
+    "directory descriptor, which tells a stale or foreign file from a live one before anything is opened), "
+    "`_Dir.read` ~35 % (`open` with `O_NOFOLLOW|O_NONBLOCK`, `fstat` of the descriptor — regular file, this "
+    "user's, at most `MAX_VALUE_BYTES` —, one `read`, `close`), decoding ~10 %. Raw does `scandir` + `open` + "
+    "`read`. The extra `lstat` + `fstat` per file (~5 µs each on this VM) are the trust checks of "
+    "docs/security.md: inherent. Two costs found here are gone (this commit): a second `read` to meet the end "
+    "of every file, and the byte round trip of `decode_name` for names whose only escapes are `%2F`.",
+    "**register on etcd** (waypost/raw ≈ 1.0-1.2): one `Txn` (create-only compare + put with the lease), "
+    "exactly raw's request; pyinstrument puts 90 % of a register+unregister in grpc's `_blocking` call, the "
+    "core's `Runtime._register_once` → `Instance` build + `to_json` ~4 %, `notify` and the registration "
+    "bookkeeping the rest. The gap that the report shows beyond that is the noise of a shared 2-core machine "
+    "(an unloaded profile run measured 1.04).",
+    "**register on Redis** (≈ 1.3-1.4): the scripts do more work inside Redis. `INFO commandstats` over 1 000 "
+    "register+unregister pairs: waypost's two `EVALSHA` take 112 µs of server time per pair against 44.5 µs "
+    "for raw's minimal scripts, running 27 commands against 16: `TIME` and `ZRANGEBYSCORE` (reap expired "
+    "leases: Redis expires nothing itself in this design), `ZSCORE` (the lease is alive), `HGET` x 8 (the "
+    "grant's token, the owner of the key, and the write count that detects writes lost in a fail-over, issue "
+    "14), `HSET` x 4. Client side, pyinstrument puts 92 % of a register in redis-py's `evalsha` round trip and "
+    "~5 % in the core. Inherent to server-side leases, ownership and lost-write detection.",
+    "**register on file** (≈ 2.3-2.8): per register+unregister the backend checks, before touching anything, "
+    "that every store directory it uses is still the one it opened and trusted (`_Tree.using` → "
+    "`_Tree._still_valid`: an `lstat` of the path and an `fstat` of the descriptor per directory, ~25 % of a "
+    "register, issue 9 item 1), that the lease file is still this Runtime's (`_require_lease`, ~12 %), and "
+    "keeps the written file's descriptor to tell it apart from a later file of the same name; the `open` of "
+    "the temp file itself is ~35 %, as for raw. Raw does `open`, `write`, `link`, `unlink` by path. The "
+    "checks are what makes `delete` never touch a file it did not write: inherent to the trust model.",
+    "**watch propagation, every backend: one thread hand-off.** `benchmarks/profile_ops.py watch` timestamps "
+    "each stage in the watcher (medians of 200 changes, this machine, idle): etcd — the change reaches the "
+    "backend's watch thread (`WatchLoop.put`) 2.59 ms after the register began vs raw's callback at 2.46 ms "
+    "(raw's register call is itself 0.09 ms shorter); `InstanceView.put` (decode, diff, queue) 146 µs; the "
+    "consumer's `Watch.get` has it 119 µs later. Redis: 122 µs and 199 µs. Decoding is not it: "
+    "`InstanceView.put` + `delete` cost 12 µs with nobody waiting. The cost is waking the consumer's thread: "
+    "on this VM a bare `Condition.notify` to a waiting thread takes 52 µs and `SimpleQueue.put` 20 µs, and the "
+    "woken thread's contention for the GIL makes the notifying `put` take ~130 µs (reproduced in isolation). "
+    "Raw's figure is its own callback, inside the client's thread; waypost hands every event to the caller's "
+    "thread (that is its API: `for event in watch`), so one wake-up is inherent, and ≤ raw + 0.1 ms is not "
+    "reachable with a thread hand-off on this machine.",
+    "**watch on Consul**: the same hand-off, plus the feed: one blocking query per prefix per process fans each "
+    "answer out to the watches' own threads (a second hand-off), and each answer is the whole prefix, "
+    "base64-decoded and diffed (`InstanceView.reset` re-decodes only changed values).",
+    "**watch on file**: the backend's inotify thread wakes on `IN_CREATE`/`IN_MOVED_TO`, re-reads only the named "
+    "file, checks it as a list does (`lstat`, `open` `O_NOFOLLOW`, `fstat`), then the same hand-off; raw's "
+    "callback fires on the inotify event itself, before reading anything. So on file the ratio compares a "
+    "validated value in the caller's thread with a bare notification.",
+    "**import waypost** (≈ 90-100 ms here with bytecode cached, 0.3-0.4x `import tooz.coordination`): "
+    "`python -X importtime`: msgspec 33 ms (it imports `typing_extensions` and `inspect`), `typing` 18 ms, "
+    "`logging` 12 ms, waypost's own modules ~15 ms. `Instance` is a msgspec Struct, so the codec of item 1 "
+    "and ≤ 50 ms exclude each other on this machine; pluggy, dataclasses, `urllib.parse`, the kit, "
+    "`importlib.metadata`, the CLI and asyncio load only on first use (tests/test_import_footprint.py).",
     "**tooz on Consul** (tooz 8.1): `join_group` takes a group lock (a session `acquire` PUT and a GET before, "
-    "a `release` PUT and a GET after), reads the whole group recursively and writes the member: ~6 HTTP requests, "
-    "hence 4.3 ms vs 0.9 ms; its list is N + 1 requests (no `get_members_with_capabilities`), 7.9 s for "
-    "10 000 members vs waypost's 0.21 s.",
+    "a `release` PUT and a GET after), reads the whole group recursively and writes the member: ~6 HTTP requests; "
+    "its list is N + 1 requests (no `get_members_with_capabilities`).",
     "**crash detection on Consul (~4.0 s at ttl = 2 s, waypost = raw)**: Consul invalidates a session 2 x TTL "
     "after its last renewal; the kill here comes right after the session was created, so the full 2 x TTL. "
     "A Consul property: the backend renews every ttl/3 like the others, and its docstring states the bound.",
-    "**watch on file (vs raw and tooz)**: the floor is watchfiles' `step`: it yields a change about 2 steps "
-    "after it happens, and `_FileWatch._inotify` (backends/file.py) passes `step=10` ms (raw here uses 5 ms: "
-    "~10 ms; tooz polls every 10 ms in this harness). A tunable, not inherent.",
-    "**keepalive on file**: each refresh touches the lease marker and every instance file and then reaps "
-    "(`FileBackend.keep_alive` → `_reap_everything`: one `scandir`); tooz touches each member file under its "
-    "driver lock (an `open` per group), so it is cheaper at E = 1 and 2x dearer at E = 100.",
     "**keepalive vs tooz**: cadence — waypost refreshes every ttl/3 (design §5), tooz about every ttl/2: the "
     "same one request per refresh (etcd: one `LeaseKeepAlive`; Redis: one `EVALSHA`; Consul: one "
-    "`session/renew`, exactly raw's figure). On Redis the script also reaps expired leases and checks the grant "
-    "token (`TIME`, `ZRANGEBYSCORE`, `ZSCORE`, `HGET`, `ZADD` run inside it), hence ~6 server commands per "
-    "refresh vs tooz's one `PSETEX` — inherent: Redis expires nothing itself in this design. None of it grows "
-    "with the endpoint count, except on file, where liveness is each file's mtime (Dynamo's layout).",
-    "**client memory on file / Consul**: the file watch also keeps every file's bytes and stat signature "
-    "(`_Known` in backends/file.py, to re-read only changed files); the Consul watch keeps every key's "
-    "`ModifyIndex` and value (`_ConsulWatch._entries`, to diff blocking-query states): ~450-500 B per instance "
-    "on top of the decoded `Instance`, still below raw's parsed-JSON dict.",
+    "`session/renew`). On Redis the script also reaps expired leases, checks the grant token and the write "
+    "count, hence several server commands per refresh vs tooz's one `PSETEX` — inherent: Redis expires "
+    "nothing itself in this design. None of it grows with the endpoint count, except on file, where liveness "
+    "is each file's mtime (Dynamo's layout).",
 )
 
 

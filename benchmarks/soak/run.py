@@ -903,8 +903,9 @@ def render(results: list[dict[str, Any]], cfg: Config, command: str, env: dict[s
                       f"window). file, with a watcher in another process on the store: empty store "
                       f"{_cpu_ms(file_cpu['empty+watcher'])}, with {n} foreign instance files "
                       f"{_cpu_ms(file_cpu['foreign+watcher'])}: ratio **{file_cpu['ratio']:.2f}** (goal <= 1.5). "
-                      f"The probe alone on the store (its keepalive is then the elected reaper: one pass over the "
-                      f"whole store per 4 x stale_after): {_cpu_ms(file_cpu['empty'])} vs {_cpu_ms(file_cpu['foreign'])}, "
+                      f"The probe alone on the store (its keepalive is then the elected reaper: one pass over "
+                      f"the whole store per 4 x stale_after): {_cpu_ms(file_cpu['empty'])} vs "
+                      f"{_cpu_ms(file_cpu['foreign'])}, "
                       f"ratio **{file_cpu['ratio_alone']:.2f}**."]
     lines += ["", "### Faults", "",
               "The population of the churn phase, churn stopped; each fault in turn. Convergence is measured from "

@@ -218,6 +218,8 @@ def decode_name(name: str) -> str | None:
     """The relative key a file name encodes, or ``None`` if it is not a canonical encoding."""
     if _ENCODED_NAME.fullmatch(name) is None:
         return None
+    if name.count("%") == name.count("%2F"):
+        return name.replace("%2F", "/")  # the common case (only the separators escaped): no byte round trip
     try:
         return unquote_to_bytes(name).decode("utf-8")
     except UnicodeDecodeError:
