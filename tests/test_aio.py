@@ -479,6 +479,8 @@ def test_client_waits_and_picks(url: str, peer: waypost.Runtime) -> None:
             assert client.direct(rt.instance_id) == mine.instance
             with pytest.raises(waypost.NotFound, match="3039"):  # a NoInstances too, named in hex as in keys
                 client.direct(12345)
+            with pytest.raises(waypost.NotFound, match="'3039'"):  # an id given as its hex text is not one
+                client.direct("3039")  # type: ignore[arg-type]
             client.report_instance_down(peer.instance_id)
             assert client.available() == [mine.instance]
             assert {client.round_robin().instance_id for _ in range(3)} == {rt.instance_id}

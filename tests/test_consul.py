@@ -121,17 +121,24 @@ def test_read_modes_and_datacenter(consul_server: servers.ConsulServer, runtimes
         _connect(runtimes, consul_server.url, dc="dc2")
 
 
-@pytest.mark.parametrize("watch_rate", [None, 100])
+@pytest.mark.parametrize("budget", [{}, {"watch_rate": 1024, "watch_wait": 5.0}])
 def test_a_processs_own_writes_are_never_merged(consul_server: servers.ConsulServer,
                                                 runtimes: list[waypost.Runtime], ns: str,
-                                                watch_rate: float | None) -> None:
+                                                budget: dict[str, float]) -> None:
     """Blocking queries return states; the write fence keeps a Runtime's own add-then-remove visible.
 
-    Also when the read budget is spent (100 B/s: seconds between queries), a fenced write asks at once.
+    Also when the read budget is spent (a 25 KB prefix at 1 KiB/s: 5 s between queries), a fenced write
+    asks at once.
     """
-    rt = _connect(runtimes, consul_server.url, **({} if watch_rate is None else {"watch_rate": watch_rate}))
+    raw = _raw(consul_server)
+    for n in range(20):
+        filler = waypost.Instance(ns, "f", f"f{n}", 0x1000 + n, TransportType.tcp("h:1"), metadata={"pad": "x" * 900})
+        assert raw.kv.put(filler.key, filler.to_json())
+    rt = _connect(runtimes, consul_server.url, **budget)
     ep = rt.namespace(ns).component("c").endpoint("e")
     with rt.watch(Query.namespace(ns)) as watch:
+        for _ in range(20):  # the fillers' snapshot
+            assert isinstance(watch.get(timeout=2.0), Added)
         for n in range(20):
             ep.register(TransportType.tcp(f"h:{n}")).unregister()
         events = [watch.get(timeout=2.0) for _ in range(40)]
@@ -287,6 +294,22 @@ def test_a_busy_prefix_is_read_at_most_at_watch_rate(consul_server: servers.Cons
     size = len(json.dumps([{"Value": base64.b64encode(i.to_json()).decode()} for i in fillers]))
     allowed = 2 + (35_000 * (elapsed + 1)) / size  # the burst, the rate over the writes, the last state
     assert len(states) <= allowed + 2, f"{len(states)} states of a {size}-byte prefix in {elapsed:.1f} s"
+
+
+def test_the_read_budget_owes_at_most_one_answer_and_waits_at_most_watch_wait() -> None:
+    from waypost.backends.consul import _ReadBudget
+
+    budget = _ReadBudget(1 << 20, longest=2.5)
+    waits = [budget.spend(300_000) for _ in range(200)]  # 200 answers fetched early (fenced writes)
+    assert max(waits) <= 300_000 / (1 << 20) + 0.01, "fenced answers piled up into a long silence"
+    assert _ReadBudget(1024, longest=2.5).spend(10_000_000) == 2.5
+    assert _ReadBudget(0, longest=2.5).spend(10_000_000) == 0.0
+
+
+@pytest.mark.parametrize("rate", ["1", "1023.5", "-1", "nan", "inf", "fast"])
+def test_a_watch_rate_that_would_starve_a_watch_is_a_config_error(rate: str) -> None:
+    with pytest.raises(waypost.ConfigError, match="watch_rate"):
+        waypost.connect(f"consul://127.0.0.1:1?watch_rate={rate}")
 
 
 def test_declared_options_and_capabilities() -> None:

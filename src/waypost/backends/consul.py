@@ -60,12 +60,14 @@ Options (keyword > URL query > ``WAYPOST_*`` > Consul's ``CONSUL_*`` > default)
         notices a silent agent within ``max(ttl, 1)`` seconds.
     ``watch_rate``
         bytes per second a watched prefix may take from the agent (default
-        1 MiB, in bursts of the same size; ``0``: unlimited). Consul answers
+        1 MiB, in bursts of the same size; ``0``: unlimited; else at least
+        1 024). Consul answers
         every change with the whole prefix, so a busy prefix of 1 000 keys
         makes the agent send ~300 KB to every watching process per change;
         above this rate the next blocking query waits, and the changes of that
         moment arrive as one state. A small prefix is never held back; a big
-        one under churn gets a new state every ``size / watch_rate`` seconds.
+        one under churn gets a new state every ``size / watch_rate`` seconds,
+        at most ``watch_wait`` apart.
 
 Mapping onto Consul
     A lease is a session with ``Behavior=delete``, ``TTL=ttl`` and
@@ -213,6 +215,13 @@ _FENCE_MAX = 1.0  # longest a write waits for this process's watches to see it
 DEFAULT_WATCH_RATE = 1 << 20  # bytes/s of answers per watched prefix (see the watch_rate option)
 
 
+def _parse_watch_rate(value: Any) -> float:
+    rate = parse_float(0.0, 1e12)(value)
+    if 0 < rate < 1024:
+        raise ValueError("expected 0 (unlimited) or a number of bytes per second from 1024 to 1e12")
+    return rate
+
+
 OPTIONS = (
     Option("timeout", parse_float(0.1, 3600.0), 5.0, "seconds a single Consul HTTP call may take"),
     Option("token", parse_str, None, "ACL token",
@@ -228,8 +237,9 @@ OPTIONS = (
            "read mode of list and watch: default, consistent or stale"),
     Option("watch_wait", parse_float(0.1, 600.0), None,
            "seconds a watch's blocking query waits for a change (default: max(ttl, 1)/2, at most 5)"),
-    Option("watch_rate", parse_float(0.0, 1e12), float(DEFAULT_WATCH_RATE),
-           "bytes per second a watched prefix may read from the agent (bursts of the same size; 0: unlimited)"),
+    Option("watch_rate", _parse_watch_rate, float(DEFAULT_WATCH_RATE),
+           "bytes per second a watched prefix may read from the agent (bursts of the same size; 0: unlimited; "
+           "else at least 1024)"),
 )
 # A URL naming no host: the agent the consul command would use.
 URL_ENV = URLEnv(hosts=("CONSUL_HTTP_ADDR",), tls=("CONSUL_HTTP_SSL",), tls_scheme="consuls")
@@ -550,11 +560,15 @@ class _ReadBudget:
     """A token bucket of bytes: how long a feed waits before its next query (``rate`` 0: never).
 
     It holds at most one second of ``rate``, so an idle feed answers a change at
-    once, and a busy one settles at ``rate`` bytes per second.
+    once, and a busy one settles at ``rate`` bytes per second. It never owes
+    more than the answer just read (answers fetched early, for a fenced write,
+    do not pile up into a long silence), and never asks to wait longer than
+    ``longest``, so the feed keeps noticing the agent and others' changes.
     """
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, longest: float) -> None:
         self.rate = rate
+        self.longest = longest
         self._tokens = rate
         self._at = time.monotonic()
 
@@ -563,9 +577,9 @@ class _ReadBudget:
         if self.rate <= 0:
             return 0.0
         now = time.monotonic()
-        self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate) - size
+        self._tokens = max(min(self.rate, self._tokens + (now - self._at) * self.rate) - size, -size)
         self._at = now
-        return max(0.0, -self._tokens / self.rate)
+        return min(max(0.0, -self._tokens / self.rate), self.longest)
 
 
 class _Feed:
@@ -607,21 +621,24 @@ class _Feed:
 
     def _run(self) -> None:
         backoff = Backoff()
-        budget = _ReadBudget(self.settings.watch_rate)
+        budget = _ReadBudget(self.settings.watch_rate, longest=self._wait)
         index: int | None = None
         try:
             while not self.stopped:
                 try:
                     reply = _read_prefix(self._pool, self.settings, self.prefix, index=index, wait=self._wait)
-                except WaypostError as exc:
+                    entries, items = _items(reply, self.settings)
+                except Exception as exc:  # the feed must outlive anything: its watches re-list
                     if self._stop.is_set():
                         return
+                    if not isinstance(exc, WaypostError):
+                        _log.exception("Consul watch feed of %s: unexpected error; it re-reads", self.prefix)
+                        exc = WaypostError(f"unexpected error in the Consul watch feed: {exc!r}")
                     self._hand_out(exc)
                     index = None  # re-read without blocking once the agent answers again
                     self._stop.wait(backoff.next())
                     continue
                 backoff.reset()
-                entries, items = _items(reply, self.settings)
                 self._hand_out((reply.index or 0, entries, items))
                 # Follow the index even when it went backwards (Consul's advice): watches resync.
                 index = max(reply.index or 1, 1)
@@ -648,9 +665,10 @@ class _Feed:
         def seen() -> bool:
             return all(w.has_seen(key, index) for w in self._watches)
 
-        self._hurry.set()
         with self._cond:
-            self._cond.wait_for(seen, max(deadline - time.monotonic(), 0.0))
+            if not seen():  # only a write not seen yet may skip the read budget
+                self._hurry.set()
+                self._cond.wait_for(seen, max(deadline - time.monotonic(), 0.0))
 
     @property
     def stopped(self) -> bool:

@@ -1144,7 +1144,8 @@ class FileBackend(Backend):
         last pass began and an exclusive ``flock`` elects one process to run
         the next, so N processes reap once per interval between them, not N
         times. (Readers that do not reap, such as an older Dynamo, see the
-        dead go too.)
+        dead go too: within ``interval`` of going stale, which is 4 x
+        ``stale_after`` when only keepalives reap.)
         """
         now = time.monotonic()
         if now < self._next_reap_check:

@@ -131,7 +131,8 @@ class Client:
             for instance in self._instances:
                 if instance.instance_id == instance_id:
                     return instance
-        raise NotFound(f"instance {instance_id:x} of {self.endpoint_id} is not known")
+        shown = f"{instance_id:x}" if isinstance(instance_id, int) else repr(instance_id)[:40]
+        raise NotFound(f"instance {shown} of {self.endpoint_id} is not known")
 
     def report_instance_down(self, instance_id: int) -> None:
         """Exclude ``instance_id`` from picks for ``down_period`` seconds."""
