@@ -296,6 +296,31 @@ def test_a_busy_prefix_is_read_at_most_at_watch_rate(consul_server: servers.Cons
     assert len(states) <= allowed + 2, f"{len(states)} states of a {size}-byte prefix in {elapsed:.1f} s"
 
 
+@pytest.mark.parametrize("entries", [
+    [{"Key": "p/a", "Value": base64.b64encode(b"x").decode(), "ModifyIndex": 5, "Flags": 0, "Session": "s"}],
+    [{"Key": "p/a", "Value": None, "ModifyIndex": 5}, {"Key": "p/b"}, {"Key": "q/c", "Value": "eA=="}],
+    [{"Key": "p/a", "Value": "not base64!"}, {"Key": "p/b", "Value": "eA=="}],
+    [{"Key": 5, "Value": "eA=="}, {"Key": "p/b", "Value": "eA==", "ModifyIndex": "7"}],
+    [{"Key": "p/a", "Value": "eA==", "ModifyIndex": 2**70}],
+    [],
+])
+def test_the_c_decoded_kv_reply_agrees_with_the_lenient_one(entries: list[dict[str, Any]]) -> None:
+    """Lists and watches decode Consul's reply in one msgspec call; anything unusual takes the lenient path."""
+    from waypost.backends.consul import _decode_entries, _items, _Reply
+
+    body = json.dumps(entries)
+    settings = _backend_settings()
+    assert _items(_Reply(200, 1, body), settings)[0] == _decode_entries(json.loads(body), "p/")
+
+
+def _backend_settings() -> Any:
+    from waypost.backends.consul import ConsulBackend, _Settings
+    from waypost.core import parse_url
+
+    defaults = {o.name: o.default for o in ConsulBackend.options}
+    return _Settings.from_url(parse_url("consul://127.0.0.1:1"), {**defaults, "prefix": "p/"})
+
+
 def test_the_read_budget_owes_at_most_one_answer_and_waits_at_most_watch_wait() -> None:
     from waypost.backends.consul import _ReadBudget
 

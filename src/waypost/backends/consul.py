@@ -162,6 +162,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import msgspec
+
 from waypost.core import (
     AlreadyRegistered,
     AuthenticationError,
@@ -524,8 +526,31 @@ def _read_prefix(pool: _Pool, settings: _Settings, prefix: str, index: int | Non
                      params=params, expect=(200, 404), redact=settings.token)
 
 
+class _KV(msgspec.Struct):
+    """One entry of a KV read as Consul sends it; ``Value`` is base64 in the JSON, decoded in C."""
+
+    Key: str
+    ModifyIndex: int = 0
+    Value: bytes | None = None
+
+
+_KV_LIST = msgspec.json.Decoder(list[_KV])
+
+
+def _fast_entries(body: str, prefix: str) -> _Entries | None:
+    """The entries of a well-formed reply in one C call; ``None`` to take the lenient path."""
+    try:
+        kvs = _KV_LIST.decode(body)
+    except msgspec.DecodeError:
+        return None  # something unusual in it: _decode_entries skips the bad entries one by one
+    cut = len(prefix)
+    return {kv.Key[cut:]: (kv.ModifyIndex, kv.Value or b"") for kv in kvs if kv.Key.startswith(prefix)}
+
+
 def _items(reply: _Reply, settings: _Settings) -> tuple[_Entries, list[tuple[str, bytes]]]:
-    entries = _decode_entries(reply.json() if reply.status == 200 else None, settings.prefix)
+    entries = _fast_entries(reply.body, settings.prefix) if reply.status == 200 and reply.body.strip() else {}
+    if entries is None:
+        entries = _decode_entries(reply.json(), settings.prefix)
     return entries, sorted((key, value) for key, (_, value) in entries.items())
 
 
