@@ -13,6 +13,7 @@ from hypothesis import settings
 from servers.fixtures import (
     consul_server,
     etcd_server,
+    lease_losses,
     redis_server,
     server_factory,
     tls_files,
@@ -26,6 +27,7 @@ settings.load_profile("waypost")
 __all__ = [
     "consul_server",
     "etcd_server",
+    "lease_losses",
     "redis_server",
     "server_factory",
     "tls_files",

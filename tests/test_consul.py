@@ -20,6 +20,7 @@ import pytest
 
 import servers
 import waypost
+from servers.fixtures import LeaseLosses
 from waypost import Added, Query, Removed, TransportType
 from waypost.contrib.conformance._harness import wait_until
 
@@ -408,12 +409,11 @@ def _connections_to(port: int) -> int:
 
 
 @pytest.mark.slow
-def test_a_thousand_runtimes_in_one_process_on_a_default_agent(server_factory: Any, ns: str) -> None:
+def test_a_thousand_runtimes_in_one_process_on_a_default_agent(server_factory: Any, ns: str,
+                                                               lease_losses: LeaseLosses) -> None:
     """A default agent allows 200 connections per client address: Runtime #201 used to fail."""
     server = server_factory("consul", session_ttl_min="1s")  # the agent's connection limits left at default
     made: list[waypost.Runtime] = []
-    lost = _LeaseLosses()
-    waypost.register_plugin(lost)
     try:
         for _ in range(1000):
             made.append(waypost.connect(server.url, ttl=10.0))
@@ -426,24 +426,13 @@ def test_a_thousand_runtimes_in_one_process_on_a_default_agent(server_factory: A
         renewed_at = time.monotonic()
         wait_until(lambda: time.monotonic() - renewed_at > keepalive * 1.5, keepalive * 3, interval=0.2,
                    what="every Runtime renewed once")
-        assert lost.calls == [], f"{len(lost.calls)} lease losses"
+        assert lease_losses.calls == [], f"{len(lease_losses.calls)} lease losses"
         for watch in watches:
             watch.close()
     finally:
-        waypost.unregister_plugin(lost)
         for rt in made:
             rt.close()
     assert _connections_to(server.port) <= 16
-
-
-class _LeaseLosses:
-    def __init__(self) -> None:
-        self.calls: list[int] = []
-
-    @waypost.hookimpl
-    def waypost_on_lease_lost(self, runtime: Any, old_instance_id: int, new_instance_id: int | None,
-                              reason: str) -> None:
-        self.calls.append(old_instance_id)
 
 
 def test_watches_of_one_prefix_share_one_blocking_query(consul_server: servers.ConsulServer,

@@ -24,11 +24,12 @@ import redis.cluster
 
 import servers
 import waypost
+from servers.fixtures import LeaseLosses
 from servers.redis_ha import PrimaryFaults, RedisClusterSet, RedisSentinelSet, resp_call
 from waypost import Interrupted, Query, Resynced, TransportType
 from waypost.backends.redis import RedisBackend, _hash_tag
 from waypost.contrib.conformance._harness import wait_until
-from waypost.core import hookimpl, parse_url
+from waypost.core import parse_url
 from waypost.core._watch import InstanceView
 
 # -- fixtures and helpers ------------------------------------------------------------------------------
@@ -165,26 +166,6 @@ class _Events:
     def wait_for(self, kind: type, timeout: float, after: int = 0) -> Any:
         return wait_until(lambda: next((e for e in self.drain()[after:] if isinstance(e, kind)), None), timeout,
                           what=f"a {kind.__name__} event")
-
-
-class _LeaseLosses:
-    """Observer plugin: every lease loss a Runtime recovered from, with its reason."""
-
-    def __init__(self) -> None:
-        self.reasons: list[str] = []
-
-    @hookimpl
-    def waypost_on_lease_lost(self, runtime: Any, old_instance_id: int, new_instance_id: int | None,
-                              reason: str) -> None:
-        self.reasons.append(reason)
-
-
-@pytest.fixture
-def lease_losses() -> Iterator[_LeaseLosses]:
-    plugin = _LeaseLosses()
-    waypost.register_plugin(plugin)
-    yield plugin
-    waypost.unregister_plugin(plugin)
 
 
 # -- the fixtures themselves ----------------------------------------------------------------------------
@@ -393,7 +374,7 @@ def test_a_watch_follows_the_failover_to_the_promoted_replica(ha: HA, runtimes: 
 
 
 def test_writes_lost_in_a_failover_are_registered_again_without_phantoms(
-        ha: HA, runtimes: Callable[..., waypost.Runtime], lease_losses: _LeaseLosses, ns: str) -> None:
+        ha: HA, runtimes: Callable[..., waypost.Runtime], lease_losses: LeaseLosses, ns: str) -> None:
     """A replica cut off its primary is promoted: an acknowledged registration and an acknowledged
     unregistration are lost. The writer's next keepalive finds its grant's count of writes behind and
     re-registers what it serves now (the lost unregistration does not come back as a phantom); the
@@ -581,7 +562,7 @@ DONE_TTL = 5.0
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", ["sigkill", "sigkill-replica-cut-off", "sigstop-past-ttl"])
 def test_failover_with_20_runtimes_and_5_watchers_converges_within_10s(
-        ha: HA, fault: str, runtimes: Callable[..., waypost.Runtime], lease_losses: _LeaseLosses, ns: str) -> None:
+        ha: HA, fault: str, runtimes: Callable[..., waypost.Runtime], lease_losses: LeaseLosses, ns: str) -> None:
     """20 Runtimes x 5 endpoints, 5 watchers; the primary fails. Every live Runtime registered again,
     every watcher equal to the truth within 10 s, 0 phantoms, 0 watches stuck.
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import waypost
+from servers.fixtures import LeaseLosses
 from waypost import Query, TransportType
 from waypost.contrib.conformance import wait_until
 from waypost.core import faults
@@ -166,38 +167,25 @@ def test_a_card_that_is_not_valid_text_is_a_config_error(url: str) -> None:
         rt.endpoint("n.c.e").register_model('{"a":"\ud800"}')
 
 
-def test_a_recovery_slower_than_the_ttl_keeps_its_new_lease_alive(url: str) -> None:
+def test_a_recovery_slower_than_the_ttl_keeps_its_new_lease_alive(url: str, lease_losses: LeaseLosses) -> None:
     """Found by the soak suite: 200 Runtimes recovering at once on one etcd made every store call slow,
     each replacement lease expired before its endpoints were re-created, and recovery started over forever."""
-    events = LeaseHook()
-    waypost.register_plugin(events)
-    try:
-        with waypost.connect(url, ttl=1.0) as rt, waypost.connect(url, ttl=1.0) as observer:
-            component = rt.namespace("n").component("c")
-            for n in range(5):
-                component.endpoint(f"e{n}").register(TransportType.tcp(f"h:{n}"))
-            create = rt.backend.create
+    with waypost.connect(url, ttl=1.0) as rt, waypost.connect(url, ttl=1.0) as observer:
+        component = rt.namespace("n").component("c")
+        for n in range(5):
+            component.endpoint(f"e{n}").register(TransportType.tcp(f"h:{n}"))
+        create = rt.backend.create
 
-            def slow_create(lease: Any, key: str, value: bytes) -> None:  # 1.5 s of writes for a 1 s lease
-                time.sleep(0.3)  # the store's latency, not synchronisation
-                create(lease, key, value)
+        def slow_create(lease: Any, key: str, value: bytes) -> None:  # 1.5 s of writes for a 1 s lease
+            time.sleep(0.3)  # the store's latency, not synchronisation
+            create(lease, key, value)
 
-            rt.backend.create = slow_create  # type: ignore[method-assign]
-            observer.backend.revoke_lease(rt.instance_id)
-            wait_until(lambda: events.calls, 10.0, what="the recovery finished (waypost_on_lease_lost)")
-            with observer.watch("n") as watch:
-                assert len(watch.instances) == 5
-                assert watch.wait_for(lambda e: isinstance(e, waypost.Removed), 2.5) is None, "recovered, then lost"
-            assert len(events.calls) == 1
-    finally:
-        waypost.unregister_plugin(events)
+        rt.backend.create = slow_create  # type: ignore[method-assign]
+        observer.backend.revoke_lease(rt.instance_id)
+        wait_until(lambda: lease_losses.calls, 10.0, what="the recovery finished (waypost_on_lease_lost)")
+        with observer.watch("n") as watch:
+            assert len(watch.instances) == 5
+            assert watch.wait_for(lambda e: isinstance(e, waypost.Removed), 2.5) is None, "recovered, then lost"
+        assert len(lease_losses.calls) == 1
 
 
-class LeaseHook:
-    def __init__(self) -> None:
-        self.calls: list[int] = []
-
-    @waypost.hookimpl
-    def waypost_on_lease_lost(self, runtime: Any, old_instance_id: int, new_instance_id: int | None,
-                              reason: str) -> None:
-        self.calls.append(old_instance_id)

@@ -1,5 +1,5 @@
 """pytest fixtures: ``tls_files``, the session-wide ``etcd_server`` / ``redis_server`` / ``consul_server``,
-and ``server_factory`` for servers of a test's own (tests/conftest.py imports them)."""
+``server_factory`` for servers of a test's own, and ``lease_losses`` (tests/conftest.py imports them)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+import waypost
 
 from .consul import ConsulServer
 from .etcd import EtcdCluster, EtcdServer
@@ -18,6 +20,31 @@ from .tls import TLSFiles, make_tls
 SERVER_KINDS: dict[str, Callable[..., Any]] = {
     cls.kind: cls for cls in (EtcdServer, EtcdCluster, RedisServer, RedisSentinelSet, RedisClusterSet, ConsulServer)
 }
+
+
+class LeaseLosses:
+    """Observer plugin: every ``waypost_on_lease_lost`` call, as ``(old id, new id, reason)``."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int | None, str]] = []
+
+    @property
+    def reasons(self) -> list[str]:
+        return [reason for _, _, reason in self.calls]
+
+    @waypost.hookimpl
+    def waypost_on_lease_lost(self, runtime: Any, old_instance_id: int, new_instance_id: int | None,
+                              reason: str) -> None:
+        self.calls.append((old_instance_id, new_instance_id, reason))
+
+
+@pytest.fixture
+def lease_losses() -> Iterator[LeaseLosses]:
+    """A :class:`LeaseLosses` registered as a plugin for the test."""
+    plugin = LeaseLosses()
+    waypost.register_plugin(plugin)
+    yield plugin
+    waypost.unregister_plugin(plugin)
 
 
 @pytest.fixture

@@ -269,6 +269,18 @@ class _Set:
         self._closed = False
         _track(self)
 
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def auth_url(self) -> str:
+        """``url`` with the data nodes' password (``:PASSWORD@``), if any."""
+        if not self.password:
+            return self.url
+        scheme, rest = self.url.split("://", 1)
+        return f"{scheme}://:{quote(self.password, safe='')}@{rest}"
+
     def _common(self, node: _Node) -> list[str]:
         q = _quote
         lines = ["bind 127.0.0.1", "protected-mode no", "daemonize no", f"dir {q(str(node.dir))}", 'logfile ""']
@@ -491,14 +503,6 @@ class RedisSentinelSet(_Set):
     def url(self) -> str:
         scheme = self.tls_scheme if self.tls else self.scheme
         return f"{scheme}://{','.join(n.endpoint for n in self.sentinel_nodes)}/{self.service}/0"
-
-    @property
-    def auth_url(self) -> str:
-        """``url`` with the data nodes' password (``:PASSWORD@``), if any."""
-        if not self.password:
-            return self.url
-        scheme, rest = self.url.split("://", 1)
-        return f"{scheme}://:{quote(self.password, safe='')}@{rest}"
 
     def reported_primaries(self) -> list[tuple[str, int] | None]:
         """What each Sentinel reports as the primary's address (``None``: it does not answer)."""
@@ -754,13 +758,6 @@ class RedisClusterSet(_Set):
     def url(self) -> str:
         scheme = self.tls_scheme if self.tls else self.scheme
         return f"{scheme}://{','.join(n.endpoint for n in self.nodes)}"
-
-    @property
-    def auth_url(self) -> str:
-        if not self.password:
-            return self.url
-        scheme, rest = self.url.split("://", 1)
-        return f"{scheme}://:{quote(self.password, safe='')}@{rest}"
 
     def _slots(self, via: _Node | None = None) -> list[Any]:
         candidates = ([via] if via else []) + [n for n in self.nodes if n.running and not n.paused]

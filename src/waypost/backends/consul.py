@@ -265,7 +265,7 @@ class _Settings:
     dc: str | None
     consistency: str
     watch_wait: float | None
-    watch_rate: float = float(DEFAULT_WATCH_RATE)
+    watch_rate: float  # bytes/s a feed may read (0: unlimited)
 
     @classmethod
     def from_url(cls, url: ParsedURL, options: Mapping[str, Any]) -> _Settings:

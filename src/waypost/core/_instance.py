@@ -346,7 +346,7 @@ class Instance(_Record, tag="Endpoint", frozen=True, gc=False, metaclass=_Instan
         if not isinstance(data, bytes | bytearray | memoryview | str):
             raise CodecError(f"value must be bytes or str, got {type(data).__name__}")
         if len(data) > MAX_VALUE_BYTES:
-            raise CodecError(f"value is {len(data)} bytes, more than the {MAX_VALUE_BYTES} a value may have")
+            raise CodecError(oversized(len(data)))
         try:
             record = _ENDPOINT_DECODER.decode(data)
         except _DECODE_ERRORS as exc:
@@ -432,6 +432,11 @@ class Rejected(NamedTuple):
     reason: str
     foreign: bool
     """True if it is a record of another kind (e.g. a model card): skip it quietly."""
+
+
+def oversized(size: int) -> str:
+    """Why a stored value of ``size`` bytes is refused unread (every decoder checks the bound first)."""
+    return f"value is {size} bytes, more than the {MAX_VALUE_BYTES} a value may have"
 
 
 def _clip(text: str, limit: int) -> str:
@@ -533,8 +538,7 @@ def decode_batch(items: Iterable[tuple[str, bytes]], prefix: str) -> tuple[dict[
         if not key.startswith(prefix):
             continue
         if len(value) > MAX_VALUE_BYTES:
-            rejected.append(Rejected(key, value, f"value is {len(value)} bytes, more than the {MAX_VALUE_BYTES} "
-                                     "a value may have", False))
+            rejected.append(Rejected(key, value, oversized(len(value)), False))
             continue
         try:
             record = decode(value)

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from ._errors import CodecError, ConfigError, shorten
-from ._instance import KEY_ROOT, MAX_INSTANCE_ID, MAX_VALUE_BYTES, Rejected, record_type
+from ._instance import KEY_ROOT, MAX_INSTANCE_ID, MAX_VALUE_BYTES, Rejected, oversized, record_type
 from ._names import validate_dynamo_namespace, validate_dynamo_segment, validate_namespace, validate_segment
 
 __all__ = ["BUCKETS", "EventChannel", "EventSource", "ModelCard", "decode_records", "lora_slug"]
@@ -329,8 +329,7 @@ def decode_records(bucket: str, items: Iterable[tuple[str, bytes]],
         if not key.startswith(prefix):
             continue
         if len(value) > MAX_VALUE_BYTES:
-            rejected.append(Rejected(key, value, f"value is {len(value)} bytes, more than the {MAX_VALUE_BYTES} "
-                                     "a value may have", False))
+            rejected.append(Rejected(key, value, oversized(len(value)), False))
             continue
         try:
             if not value.isascii():
