@@ -22,8 +22,6 @@ import json
 import socket
 import struct
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for serv
 import waypost
 from servers import EtcdServer
 from servers.dynamo import DynamoWorker, dynamo_env, dynamo_python, etcd_records, file_store_records
+from waypost.contrib.conformance import wait_until
 
 NAMESPACE, ENDPOINT = "netns", "netns.worker.gen"
 
@@ -55,14 +54,6 @@ def bucket_counts(records: dict[str, bytes]) -> dict[str, int]:
         bucket = key.split("/")[1]
         counts[bucket] = counts.get(bucket, 0) + 1
     return counts
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.02)
 
 
 def b64(value: bytes) -> str:
@@ -103,11 +94,11 @@ def main() -> None:
             worker = DynamoWorker(python, env, args.workdir, ENDPOINT, args=["--kv-events", "--metrics"]).start()
             try:
                 # The publishers register their channels and sources asynchronously, after "ready".
-                wait_until(lambda: bucket_counts(stored()) == EXPECTED, "the worker's records all stored")
+                wait_until(lambda: bucket_counts(stored()) == EXPECTED, 30.0, what="the worker's records all stored")
                 result: dict[str, Any] = {"instance_id": worker.instance_id, "before": snapshot(runtime, stored())}
                 worker.command("taints zeta,alpha")
-                wait_until(lambda: any(card.taints for card in runtime.list_models(NAMESPACE)),
-                           "waypost lists the tainted card")
+                wait_until(lambda: any(card.taints for card in runtime.list_models(NAMESPACE)), 30.0,
+                           what="waypost lists the tainted card")
                 result["after_taints"] = snapshot(runtime, stored())
                 worker.shutdown()
                 result["after_shutdown"] = snapshot(runtime, stored())
