@@ -312,6 +312,7 @@ def test_the_c_decoded_kv_reply_agrees_with_the_lenient_one(entries: list[dict[s
     body = json.dumps(entries)
     settings = _backend_settings()
     assert _items(_Reply(200, 1, body), settings)[0] == _decode_entries(json.loads(body), "p/")
+    assert _items(_Reply(200, 1, " \n"), settings)[0] == {}  # an empty reply: nothing under the prefix
 
 
 def _backend_settings() -> Any:

@@ -548,8 +548,8 @@ def _fast_entries(body: str, prefix: str) -> _Entries | None:
 
 
 def _items(reply: _Reply, settings: _Settings) -> tuple[_Entries, list[tuple[str, bytes]]]:
-    entries = _fast_entries(reply.body, settings.prefix) if reply.status == 200 and reply.body.strip() else {}
-    if entries is None:
+    entries = _fast_entries(reply.body, settings.prefix) if reply.status == 200 else {}
+    if entries is None:  # also an empty body (no key under the prefix): the lenient path reads it as none
         entries = _decode_entries(reply.json(), settings.prefix)
     return entries, sorted((key, value) for key, (_, value) in entries.items())
 
